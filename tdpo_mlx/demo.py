@@ -543,8 +543,11 @@ def _md_escape(s: str) -> str:
 # The whole job
 
 
-def run_demo(out, cfg: DemoConfig, *, progress: bool = True) -> pathlib.Path:
+def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> pathlib.Path:
     """Run (or resume) the experiment into folder ``out``; returns the path of ``report.md``.
+
+    Args:
+        reward_fn: override of the VADER sentiment reward (tests).
 
     Raises:
         ValueError: ``out`` holds a run whose data settings differ (use a new folder).
@@ -564,7 +567,7 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True) -> pathlib.Path:
             )
     _write_json(cfg_file, cfg.to_dict())
     clock = _Clock(out / "timings.json")
-    reward_fn = load_reward("sentiment")
+    reward_fn = reward_fn or load_reward("sentiment")
     n_stages = 6
 
     # 1. model
