@@ -187,14 +187,24 @@ def _write_json(path, obj) -> None:
 
 
 class _Clock:
-    """Stage timings, persisted in ``timings.json`` so a resumed run reports all of them."""
+    """Stage timings (wall seconds and this process's CPU seconds), persisted in
+    ``timings.json`` so a resumed run reports all of them. CPU seconds show the work done even
+    when other jobs share the cores (wall time then overstates a stage)."""
 
     def __init__(self, path: pathlib.Path):
         self.path = path
-        self.t = _read_json(path) if path.exists() else {}
+        t = _read_json(path) if path.exists() else {}
+        self.t = {k: v if isinstance(v, dict) else {"wall_s": float(v), "cpu_s": 0.0} for k, v in t.items()}
+        self._start = None
 
-    def add(self, stage: str, seconds: float) -> None:
-        self.t[stage] = round(self.t.get(stage, 0.0) + seconds, 2)
+    def start(self) -> None:
+        self._start = (time.perf_counter(), time.process_time())
+
+    def stop(self, stage: str) -> None:
+        wall = time.perf_counter() - self._start[0]
+        cpu = time.process_time() - self._start[1]
+        old = self.t.get(stage, {"wall_s": 0.0, "cpu_s": 0.0})
+        self.t[stage] = {"wall_s": round(old["wall_s"] + wall, 2), "cpu_s": round(old["cpu_s"] + cpu, 2)}
         _write_json(self.path, self.t)
 
 
@@ -518,10 +528,14 @@ def write_report(out, cfg: DemoConfig, rows: dict, metrics: dict, pair_summary: 
         "",
         "## Timings",
         "",
-        "| stage | seconds |",
-        "|---|---:|",
-        *[f"| {k} | {v:.1f} |" for k, v in timings.items()],
-        f"| **total** | **{sum(timings.values()):.1f}** |",
+        "Wall-clock seconds, and this process's CPU seconds (user + system over all threads; on a "
+        "machine shared with other jobs the wall time overstates the stage).",
+        "",
+        "| stage | wall s | CPU s |",
+        "|---|---:|---:|",
+        *[f"| {k} | {v['wall_s']:.1f} | {v['cpu_s']:.1f} |" for k, v in timings.items()],
+        f"| **total** | **{sum(v['wall_s'] for v in timings.values()):.1f}** | "
+        f"**{sum(v['cpu_s'] for v in timings.values()):.1f}** |",
         "",
     ]
     if examples:
@@ -571,7 +585,7 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     n_stages = 6
 
     # 1. model
-    t0 = time.perf_counter()
+    clock.start()
     _say(f"[1/{n_stages}] model: resolving {cfg.model}")
     from .gguf_import import resolve_model_path
 
@@ -591,17 +605,17 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
 
     if not (out / "samples.jsonl").exists() or not (out / "eval" / "reference.json").exists():
         eval_model()
-    clock.add("model", time.perf_counter() - t0)
+    clock.stop("model")
 
     # 2. samples from the reference
-    t0 = time.perf_counter()
+    clock.start()
     done = (out / "samples.jsonl").exists()
     _say(f"[2/{n_stages}] samples: {cfg.samples_per_prompt} x {len(prompts['train'])} prompts from the reference"
          + (" (done)" if done else ""))
     m_, t_ = (model, tok) if done else eval_model()
     samples, rewards = stage_samples(out, cfg, m_, t_, prompts["train"], reward_fn, progress)
     if not done:
-        clock.add("samples", time.perf_counter() - t0)
+        clock.stop("samples")
 
     # 3. pairs
     pairs, summary = build_pairs(samples, rewards, cfg.min_reward_gap)
@@ -618,21 +632,21 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
         model = tok = None
         gc.collect()
     for i, m in enumerate(cfg.methods):
-        t0 = time.perf_counter()
+        clock.start()
         done = (out / "adapters" / m / "done.json").exists()
         _say(f"[4/{n_stages}] train {m} ({i + 1}/{len(cfg.methods)}): {cfg.iters} steps x {cfg.batch_size} pairs"
              + (" (done)" if done else ""))
         stage_train(out, cfg, model_dir, m, pairs)
         if not done:
-            clock.add(f"train {m}", time.perf_counter() - t0)
+            clock.stop(f"train {m}")
         gc.collect()
 
     # 5. eval
-    t0 = time.perf_counter()
+    clock.start()
     _say(f"[5/{n_stages}] eval: reference and {', '.join(cfg.methods)} on {len(prompts['eval'])} held-out prompts")
     m_, t_ = eval_model()
     rows = stage_eval(out, cfg, m_, t_, prompts["eval"], reward_fn, progress)
-    clock.add("eval", time.perf_counter() - t0)
+    clock.stop("eval")
 
     # 6. report
     _say(f"[6/{n_stages}] report")

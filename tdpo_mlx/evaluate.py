@@ -264,16 +264,14 @@ def sample_statistics(
                 bar.update(len(chunk))
             continue
         inputs, pos, mask = _pad_rows(chunk, pad_id)
-        idx = pos[..., None]
-        logits = mx.take_along_axis(model(inputs), idx, axis=1)
+        logits = _logits_at(model, inputs, pos)
         ref = None
         if compute_kl:
             if reference_model is not None:
-                ref = reference_model(inputs)
+                ref = _logits_at(reference_model, inputs, pos)
             else:
                 with adapters_disabled(model):
-                    ref = model(inputs)
-            ref = mx.take_along_axis(ref, idx, axis=1)
+                    ref = _logits_at(model, inputs, pos)
         tkl, tent = token_kl_entropy(logits, ref)
         skl = mx.sum(tkl * mask, axis=-1)
         sent = mx.sum(tent * mask, axis=-1)
@@ -286,6 +284,27 @@ def sample_statistics(
     if bar is not None:
         bar.close()
     return {"kl": kl, "entropy_sum": ent, "n_tokens": ntok}
+
+
+def _logits_at(model, inputs: mx.array, pos: mx.array) -> mx.array:
+    """Logits (N, Tc, V) of ``model`` at positions ``pos`` (N, Tc) of ``inputs`` (N, L).
+
+    Applies the LM head only at those positions when :mod:`tdpo_mlx.stats` can split the model
+    into body and head (the 262k-vocabulary head dominates a small model's cost); else slices
+    the full (N, L, V) logits.
+    """
+    idx = pos[..., None]
+    plan = None
+    try:
+        from .stats import _post_logits, _verified_plan
+
+        plan = _verified_plan(model)
+    except ImportError:
+        pass
+    if plan is None:
+        return mx.take_along_axis(model(inputs), idx, axis=1)
+    hidden = mx.take_along_axis(plan.body(inputs), idx, axis=1)
+    return _post_logits(plan.head(hidden), plan.scale, plan.cap)
 
 
 # ----------------------------------------------------------------------------------------------

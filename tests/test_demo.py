@@ -97,14 +97,14 @@ def test_report_and_plots_on_fake_metrics(tmp_path):
                     "loss": 0.6} for s in range(1, 11)] for i, m in enumerate(demo.METHODS)}
     summary = {"prompts": 5, "pairs": 4, "skipped_near_tie": 1, "chosen_reward_mean": 0.5,
                "rejected_reward_mean": -0.2, "sample_reward_mean": 0.1}
-    path = demo.write_report(tmp_path, cfg, rows, metrics, summary, {"samples": 1.5, "train dpo": 3.0},
+    path = demo.write_report(tmp_path, cfg, rows, metrics, summary, {"samples": {"wall_s": 1.5, "cpu_s": 2.0}, "train dpo": {"wall_s": 3.0, "cpu_s": 5.5}},
                              {"reference": ("The film", " was fine|ok", 0.2)})
     text = path.read_text()
     assert "| reference | 0.100 | 0.00 |" in text
     assert "| tdpo2 | 0.500 | 1.00 |" in text
     assert "| dpo@5 | 0.200 | 1.00 |" in text  # intermediate checkpoints listed
     assert "dpo: reward +0.400 vs reference +0.100 (higher, +0.300)" in text
-    assert "KL(pi_theta || pi_ref)" in text and "**total** | **4.5**" in text
+    assert "KL(pi_theta || pi_ref)" in text and "| **total** | **4.5** | **7.5** |" in text
     assert "was fine\\|ok" in text
     _png_ok(tmp_path / "reward_vs_kl.png")
     _png_ok(tmp_path / "kl_curves.png")
