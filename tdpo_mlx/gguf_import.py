@@ -286,15 +286,15 @@ def _gemma3_config(g: GGUFContents) -> dict[str, Any]:
         qscale = cfg["hidden_size"] // cfg["num_attention_heads"]
     else:
         qscale = head_dim
-    pattern = 6
     n = cfg["num_hidden_layers"]
+    pattern = _sliding_window_pattern(g, n)
     cfg.update(
         {
             "architectures": ["Gemma3ForCausalLM"],
             "model_type": "gemma3_text",
             "head_dim": head_dim,
             "query_pre_attn_scalar": qscale,
-            "rope_local_base_freq": 10000.0,
+            "rope_local_base_freq": float(g.arch_value("rope.freq_base_swa", 10000.0)),
             "sliding_window": int(g.arch_value("attention.sliding_window", 512)),
             "sliding_window_pattern": pattern,
             "layer_types": ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)],
@@ -307,6 +307,28 @@ def _gemma3_config(g: GGUFContents) -> dict[str, Any]:
         }
     )
     return cfg
+
+
+def _sliding_window_pattern(g: GGUFContents, n_layers: int) -> int:
+    """Gemma 3's period of sliding-window layers (every ``pattern``-th layer is global).
+
+    Newer converters write ``{arch}.attention.sliding_window_pattern`` (an int, or one bool per
+    layer, True = sliding); older files omit it and llama.cpp hard-codes 6 (published configs)."""
+    value = g.arch_value("attention.sliding_window_pattern")
+    if value is None:
+        return 6
+    if isinstance(value, list):
+        flags = [bool(v) for v in value]
+        if all(flags) or not flags:
+            raise GGUFImportError(f"{g.path}: no global-attention layer in sliding_window_pattern; not a Gemma 3 layout")
+        pattern = flags.index(False) + 1
+        if flags != [(i + 1) % pattern != 0 for i in range(len(flags))]:
+            raise GGUFImportError(
+                f"{g.path}: sliding-window layers {flags} do not repeat with a fixed period; "
+                "mlx-lm's gemma3_text needs a periodic pattern"
+            )
+        return pattern
+    return int(value)
 
 
 def _llama_config(g: GGUFContents) -> dict[str, Any]:
