@@ -596,3 +596,74 @@ def test_cli_import_gguf(tmp_path, capsys):
     # existing output without --force: error exit, message names the fix
     assert main(["import-gguf", str(src), "--out", str(out)]) == 1
     assert "--force" in capsys.readouterr().err
+
+
+def test_llama3_rope_freqs_become_llama3_rope_scaling(tmp_path):
+    """Llama 3.x files carry rope_freqs.weight (llama.cpp LlamaModel.generate_extra_tensors) instead of
+    the rope_scaling config; the importer recognises the published parameters."""
+    import math
+
+    head_dim, base, factor = 16, 500000.0, 32.0
+    freqs = [1.0 / base ** (i / head_dim) for i in range(0, head_dim, 2)]
+    low_wl, high_wl = 8192 / 1.0, 8192 / 4.0
+    rope_factors = []  # verbatim logic of convert_hf_to_gguf.py
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wl:
+            rope_factors.append(1)
+        elif wavelen > low_wl:
+            rope_factors.append(factor)
+        else:
+            smooth = (8192 / wavelen - 1.0) / (4.0 - 1.0)
+            rope_factors.append(1 / ((1 - smooth) / factor + smooth))
+    rng = np.random.default_rng(7)
+    hf = random_llama_hf(rng, len(sentencepiece_vocab()[0]))
+    src = tmp_path / "l3.gguf"
+    w = gguf.GGUFWriter(str(src), "llama")
+    write_header(w, "llama", **LLAMA, theta=base)
+    w.add_rope_dimension_count(head_dim)
+    w.add_tensor("rope_freqs.weight", np.asarray(rope_factors, np.float32))
+    for name, arr in hf.items():
+        add_tensor(w, gguf_name(name), arr, Q.F16)
+    finish(w)
+    g = gi.read_gguf(src)
+    cfg = gi.model_config(g)
+    assert cfg["rope_scaling"] == {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    assert cfg["rope_theta"] == base
+    assert "rope_freqs.weight" not in dict(gi.iter_weights(g, cfg))
+
+
+def test_unknown_rope_freqs_is_an_error(tmp_path):
+    rng = np.random.default_rng(8)
+    hf = random_llama_hf(rng, len(sentencepiece_vocab()[0]))
+    src = tmp_path / "odd.gguf"
+    w = gguf.GGUFWriter(str(src), "llama")
+    write_header(w, "llama", **LLAMA)
+    w.add_rope_dimension_count(16)
+    w.add_tensor("rope_freqs.weight", np.full(8, 3.0, np.float32))
+    for name, arr in hf.items():
+        add_tensor(w, gguf_name(name), arr, Q.F16)
+    finish(w)
+    with pytest.raises(gi.GGUFImportError, match="rope_freqs"):
+        gi.import_gguf(src, tmp_path / "out")
+
+
+def test_import_never_loads_torch(tmp_path):
+    """import_gguf (no --quantize) runs without importing torch even where torch is installed.
+    (mlx_lm and transformers' AutoConfig import torch when it is installed, so loading the result
+    is not part of this check; quantizing goes through mlx_lm.)"""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(9)
+    src = tmp_path / "m.gguf"
+    write_llama_like(src, "llama", random_llama_hf(rng, len(sentencepiece_vocab()[0])), {"default": Q.Q8_0})
+    code = (
+        "import sys, tdpo_mlx.gguf_import as gi; "
+        f"gi.import_gguf({str(src)!r}, {str(tmp_path / 'o')!r}); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                       env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+    assert r.returncode == 0, r.stderr[-2000:]
