@@ -249,7 +249,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def _finish_reply(rules: TokenRules, ids: list[int]) -> list[int]:
     """Cut after the reply's end-of-turn token (dropping trailing whitespace and repeated end
-    tokens); append EOS if the template ends the reply without a special token."""
+    tokens); if the template ends the reply without a special token, drop its trailing
+    whitespace and append EOS."""
     specials = [k for k, i in enumerate(ids) if i in rules.special_ids]
     if specials:
         last = specials[-1]
@@ -266,6 +267,9 @@ def _finish_reply(rules: TokenRules, ids: list[int]) -> list[int]:
                     continue
                 break
             return ids
+    # no end-of-turn token: drop the template's trailing whitespace, end with EOS
+    while ids and not rules.decode([ids[-1]]).strip():
+        ids = ids[:-1]
     return ids + [rules.eos_id]
 
 
