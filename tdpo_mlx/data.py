@@ -299,7 +299,7 @@ def load_preference_data(
         except RecordRefused as e:
             if strict:
                 raise DataError(str(e)) from None
-            summary.drop(e.reason, where)
+            summary.drop(e.reason, where, i)
             continue
         if texts is not None:
             for ids, text in ((c, texts[1]), (r, texts[2])):

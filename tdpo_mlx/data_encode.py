@@ -396,7 +396,8 @@ class DataSummary:
         records: records read.
         kept: pairs kept.
         dropped: reason -> count (reasons in :data:`DROP_REASONS`).
-        dropped_examples: reason -> first few record locations.
+        dropped_examples: reason -> first 5 record locations (file:line (record i)).
+        dropped_records: reason -> first 20 record indices.
         prompt_cut / response_cut: kept pairs whose prompt / a response was truncated.
         decode_mismatches: plain-text responses whose ids do not decode back to the text.
         prompt_lengths / response_lengths / sequence_lengths: percentiles (tokens) of the kept
@@ -412,6 +413,7 @@ class DataSummary:
     kept: int = 0
     dropped: dict = field(default_factory=dict)
     dropped_examples: dict = field(default_factory=dict)
+    dropped_records: dict = field(default_factory=dict)
     prompt_cut: int = 0
     response_cut: int = 0
     decode_mismatches: int = 0
@@ -423,11 +425,14 @@ class DataSummary:
     max_prompt_length: int = 0
     truncation_mode: str = ""
 
-    def drop(self, reason: str, where: str) -> None:
+    def drop(self, reason: str, where: str, index: int = -1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         ex = self.dropped_examples.setdefault(reason, [])
         if len(ex) < 5:
             ex.append(where)
+        ids = self.dropped_records.setdefault(reason, [])
+        if len(ids) < 20:
+            ids.append(index)
 
     def format(self) -> str:
         """Human-readable multi-line summary."""
@@ -435,8 +440,9 @@ class DataSummary:
                  f"  records read {self.records}, pairs kept {self.kept}, dropped {sum(self.dropped.values())}"
                  f"  ({self.seconds:.2f} s)"]
         for reason, n in sorted(self.dropped.items()):
-            ex = ", ".join(self.dropped_examples.get(reason, []))
-            lines.append(f"    dropped {n:>6} {DROP_REASONS.get(reason, reason)}  (e.g. {ex})")
+            ex = ", ".join(str(i) for i in self.dropped_records.get(reason, []))
+            more = ", ..." if n > len(self.dropped_records.get(reason, [])) else ""
+            lines.append(f"    dropped {n:>6} {DROP_REASONS.get(reason, reason)} (records {ex}{more})")
         lines.append(f"  truncation max_length={self.max_length} max_prompt_length={self.max_prompt_length} "
                      f"mode={self.truncation_mode}: prompt cut in {self.prompt_cut}, "
                      f"a response cut in {self.response_cut} pairs")
