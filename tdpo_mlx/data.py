@@ -285,9 +285,9 @@ def load_preference_data(
         try:
             rec = to_record(row, i, where, fmt, system_key=system_key, **keys)
             if rec.kind == "chat":
-                p, c, r, texts = encode_chat_record(rules, rec)
+                p, c, r, mismatches = encode_chat_record(rules, rec)
             else:
-                p, c, r, texts = encode_text_record(rules, rec, implicit_marker)
+                p, c, r, mismatches = encode_text_record(rules, rec, implicit_marker)
             raw = (len(p), len(c), len(r))
             p, c, r, pcut, rcut = truncate_pair(
                 p, c, r, max_length=max_length, max_prompt_length=max_prompt_length,
@@ -301,10 +301,7 @@ def load_preference_data(
                 raise DataError(str(e)) from None
             summary.drop(e.reason, where, i)
             continue
-        if texts is not None:
-            for ids, text in ((c, texts[1]), (r, texts[2])):
-                if ids[-1:] == [rules.eos_id] and rules.decode(ids[:-1]) != text:
-                    summary.decode_mismatches += 1
+        summary.decode_mismatches += mismatches
         summary.prompt_cut += pcut
         summary.response_cut += rcut
         plen.append(raw[0])

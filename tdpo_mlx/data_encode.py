@@ -10,12 +10,17 @@ Token rules (issue 3; cases D1-D9 in ``../shared/cases/preference-data.md``):
 - **Plain text** (standard and implicit formats): prompt = [BOS] + encode(prompt text);
   response = encode(response text) + [EOS], both encoded *without* special tokens; a response
   text that already ends with the EOS string (or starts with BOS) is not doubled.
-  The response is encoded **separately** from the prompt. With SentencePiece-style tokenizers
-  (Gemma, Llama) this can differ from encoding prompt+response jointly at the seam, but it is
-  what the model produces when it generates the response after the prompt, and the scored ids
-  decode back to the response text exactly (mismatches are counted in the summary). HH
-  responses start with a space (``" I can't..."``) which the tokenizer keeps as the word's
-  leading-space piece. A ``system`` string is put before the prompt with a blank line.
+  The response is encoded **separately** from the prompt (what the model emits when it
+  generates the response after the prompt; no token straddles the seam), then checked *in
+  context*: decode(prompt ids + response ids) must equal decode(prompt ids) + response text.
+  SentencePiece tokenizers with a dummy prefix (Llama-style ``prepend_scheme="first"``) fail
+  that check for a response without a leading space (they add a word-start piece); then the
+  response ids are taken from encoding prompt + response jointly, provided the prompt ids are
+  a prefix of it and that decodes right; otherwise the separate ids are kept and the pair is
+  counted in ``DataSummary.decode_mismatches``. Gemma has no dummy prefix: HH responses start
+  with a space (``" I can't..."``), encoded as the word's leading-space piece; on the real HH
+  file with the Gemma 3 tokenizer every response passes the check.
+  A ``system`` string is put before the prompt with a blank line.
 - **Conversations** (chat template, the tokenizer's or ``chat_template``): prompt = the prompt
   messages rendered with ``add_generation_prompt=True``; each full conversation rendered with
   ``add_generation_prompt=False``; all encoded without adding special tokens. The boundary is
@@ -220,7 +225,7 @@ def _drop_trailing_ends(rules: TokenRules, ids: list[int]) -> list[int]:
 
 
 def encode_text_record(rules: TokenRules, rec: PreferenceRecord, marker: str | None = HH_MARKER):
-    """(prompt_ids, chosen_ids, rejected_ids, (prompt, chosen, rejected) texts) of a text record."""
+    """(prompt_ids, chosen_ids, rejected_ids, decode mismatches 0..2) of a text record."""
     if rec.kind == "implicit":
         prompt, chosen, rejected = split_implicit(rules, rec.chosen, rec.rejected, rec.where, marker)
     else:
@@ -233,7 +238,28 @@ def encode_text_record(rules: TokenRules, rec: PreferenceRecord, marker: str | N
     if not p:
         raise RecordRefused("empty_prompt", f"{rec.where}: empty prompt and the tokenizer has no BOS: "
                                             "the first response token could not be scored")
-    return p, c, r, (prompt, chosen, rejected)
+    (c, bad_c), (r, bad_r) = (_check_in_context(rules, p, prompt, ids, text)
+                              for ids, text in ((c, chosen), (r, rejected)))
+    return p, c, r, bad_c + bad_r
+
+
+def _check_in_context(rules: TokenRules, p: list[int], prompt: str, ids: list[int], text: str):
+    """(ids, 0) when prompt ids + response ids decode to the prompt's decoding + the response
+    text. Else (a tokenizer that adds a word-start piece to a separately encoded text, e.g.
+    SentencePiece's dummy prefix) the response ids are taken from encoding prompt + response
+    jointly when the prompt ids are a prefix of it and that decodes right; else (ids, 1): a
+    counted mismatch."""
+    if not text.endswith(rules.tok.eos_token or "\0") and not text.startswith(rules.tok.bos_token or "\0"):
+        ctx = rules.decode(p)
+        if rules.decode(p + ids[:-1]) == ctx + text:
+            return ids, 0
+        pj, joint = rules.encode(prompt), rules.encode(prompt + text)
+        if joint[: len(pj)] == pj and len(joint) > len(pj):
+            alt = _drop_trailing_ends(rules, joint[len(pj):])
+            if alt and rules.decode(p + alt) == ctx + text:
+                return alt + [rules.eos_id], 0
+        return ids, 1
+    return ids, 0
 
 
 # ----------------------------------------------------------------------------- conversations
@@ -282,7 +308,7 @@ def _content_text(content) -> str:
 
 
 def encode_chat_record(rules: TokenRules, rec: PreferenceRecord):
-    """(prompt_ids, chosen_ids, rejected_ids, None) of a chat record.
+    """(prompt_ids, chosen_ids, rejected_ids, 0) of a chat record.
 
     Raises:
         ValueError: the template breaks the boundary (names the record).
@@ -331,7 +357,7 @@ def encode_chat_record(rules: TokenRules, rec: PreferenceRecord):
         out.append(resp)
     if out[0] == out[1]:
         raise RecordRefused("identical_responses", f"{where}: chosen and rejected render to the same ids")
-    return prompt, out[0], out[1], None
+    return prompt, out[0], out[1], 0
 
 
 # ----------------------------------------------------------------------------- truncation

@@ -249,10 +249,10 @@ def read_rows(data, split: str = "train") -> Rows:
         raise FileNotFoundError(
             f"{path}: no {split!r} file (looked for {'/'.join(SPLIT_ALIASES.get(split, (split,)))} "
             f"with {', '.join(SUFFIXES)}); the folder holds {found}")
-    if str(data).lower().endswith(SUFFIXES) or os.sep in str(data).lstrip("./") and path.suffix:
+    if str(data).lower().endswith(SUFFIXES):
         raise FileNotFoundError(f"data file not found: {path}")
-    if str(data).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"data path not found: {path}")
+    if str(data).startswith((".", "/", "~")) or str(data).count("/") > 1:
+        raise FileNotFoundError(f"data path not found: {path} (a Hugging Face dataset id is 'owner/name')")
     return _load_hub(str(data), split)
 
 

@@ -8,7 +8,6 @@ import pytest
 from test_data_support import chatml_tokenizer, plain_tokenizer
 
 from tdpo_mlx.data import DataError, load_preference_data
-from tdpo_mlx.data_sources import read_rows
 
 ROWS = [
     {"prompt": "What is 2+2?", "chosen": " 4.", "rejected": " 5."},
@@ -112,6 +111,8 @@ def test_hub_dataset_id_through_load_dataset(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     pairs, s = load_preference_data("someone/prefs", tokenizer=plain_tokenizer(), split="valid")
+    assert len(load_preference_data("org/data-2.5", tokenizer=plain_tokenizer(), split="validation")[0]) == 2
+    calls.remove(("org/data-2.5", "validation"))
     assert len(pairs) == 2 and calls == [("someone/prefs", "valid"), ("someone/prefs", "validation")]
     assert s.source == "someone/prefs[validation]"
     calls.clear()
@@ -122,8 +123,9 @@ def test_hub_dataset_id_through_load_dataset(monkeypatch):
 def test_missing_local_file_is_not_sent_to_the_hub(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_preference_data(tmp_path / "nope.jsonl", tokenizer=plain_tokenizer())
-    with pytest.raises(FileNotFoundError):
-        load_preference_data("./missing_dir", tokenizer=plain_tokenizer())
+    for missing in ("./missing_dir", "data/sub/dir"):
+        with pytest.raises(FileNotFoundError):
+            load_preference_data(missing, tokenizer=plain_tokenizer())
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -81,4 +81,20 @@ def d4_tokenizer():
     return t
 
 
+@functools.lru_cache(maxsize=None)
+def sentencepiece_like_tokenizer():
+    """Llama-style SentencePiece BPE: a word-start piece is prepended to a text that does not
+    start with one (dummy prefix), byte fallback, decoder strips the first space; adds BOS."""
+    tok = Tokenizer(models.BPE(byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<pad>", "<bos>", "<eos>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=420, special_tokens=specials,
+                                                        show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                       special_tokens=[("<bos>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+
+
 ALL = {"chatml": chatml_tokenizer, "bos": bos_tokenizer, "plain": plain_tokenizer}

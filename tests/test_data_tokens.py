@@ -12,6 +12,7 @@ from test_data_support import (
     chatml_tokenizer,
     d4_tokenizer,
     plain_tokenizer,
+    sentencepiece_like_tokenizer,
 )
 
 from tdpo_mlx.data import DataError, load_preference_data, make_batch
@@ -411,3 +412,25 @@ def test_identical_responses_dropped_and_counted():
     conv_same = {"prompt": U, "chosen": A4, "rejected": A4}
     pairs, s = load([CONV, conv_same], chatml_tokenizer())
     assert s.dropped == {"identical_responses": 1}
+
+
+# ----------------------------------------------------------------------------- SentencePiece seam
+
+
+@pytest.mark.parametrize("prompt,chosen,rejected", [
+    ("Question:\n", "It is 4.", "It is 5. \u00e9"),    # no leading space: dummy prefix would add one
+    ("\n\nHuman: hi\n\nAssistant:", " It is 4.", " No."),  # HH: the response starts with a space
+    ("The answer is", " yes", "no"),
+])
+def test_sentencepiece_seam_scored_ids_decode_back_in_context(prompt, chosen, rejected):
+    tok = sentencepiece_like_tokenizer()
+    (pair,), s = load([{"prompt": prompt, "chosen": chosen, "rejected": rejected}], tok)
+    assert s.decode_mismatches == 0
+    ctx = tok.decode(pair.prompt_ids)
+    for ids, text in ((pair.chosen_ids, chosen), (pair.rejected_ids, rejected)):
+        assert ids[-1] == tok.eos_token_id and tok.eos_token_id not in ids[:-1]
+        assert tok.decode(pair.prompt_ids + ids[:-1]) == ctx + text
+        # the ids are what the tokenizer gives for prompt + response (no extra word-start piece)
+        joint = tok.encode(prompt + text, add_special_tokens=False)
+        assert joint[len(pair.prompt_ids) - 1:] == ids[:-1]
+    check_pair(tok, pair, bos_expected=True)
