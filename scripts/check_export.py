@@ -7,7 +7,8 @@ Exports ``--model`` + ``--adapter-path`` as (1) the dequantized base in HF layou
 
 * ``base``: transformers base vs MLX base (the frameworks' own floor, no adapter involved);
 * ``peft``: PEFT-loaded adapter vs MLX with the adapter;
-* ``hf``: fused transformers model vs MLX with the adapter.
+* ``hf``: fused transformers model vs MLX with the adapter;
+* ``base_unaligned``: like ``base`` without aligning Gemma's embedding scale (see ``hf_model``).
 
 Needs the interop extra (``pip install torch==2.13.0 peft``); the package itself never imports
 torch. Usage::
@@ -46,11 +47,24 @@ def mlx_logits(model_dir, adapter_path, ids) -> np.ndarray:
     return np.array(model(mx.array([list(ids)]))[0].astype(mx.float32))
 
 
-def hf_model(path):
+def hf_model(path, align_embed_scale: bool = True):
+    """transformers model from ``path`` in float32 (eager attention).
+
+    With ``align_embed_scale``, Gemma's embedding scale sqrt(hidden_size) is rounded to bfloat16
+    as mlx-lm computes it (``mx.array(hidden_size**0.5, mx.bfloat16)``; transformers uses the
+    float32 value for float32 weights). The two differ unless sqrt(hidden_size) is a bfloat16
+    number (Gemma 3 270M: 25.2982 vs 25.25), a framework difference unrelated to the export.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+    emb = model.get_input_embeddings()
+    if align_embed_scale and hasattr(emb, "embed_scale"):
+        value = torch.tensor(model.config.hidden_size**0.5, dtype=torch.bfloat16).float()
+        emb.embed_scale.fill_(value.item())
+        if hasattr(emb, "scalar_embed_scale"):
+            emb.scalar_embed_scale = value.item()
     return model.eval()
 
 
@@ -92,6 +106,9 @@ def run_checks(model, adapter_path, work, ids, base_model_name=None) -> dict:
     ref = mlx_logits(model, adapter_path, ids)
     res: dict = {"tokens": len(ids), "adapter_effect": float(np.abs(ref - ref_base).max())}
     res["base"] = float(np.abs(torch_logits(hf_model(work / "base_hf"), ids) - ref_base).max())
+    res["base_unaligned"] = float(
+        np.abs(torch_logits(hf_model(work / "base_hf", align_embed_scale=False), ids) - ref_base).max()
+    )
     pm, missing, unexpected, tdiff = peft_model(work / "base_hf", work / "peft")
     res["peft"] = float(np.abs(torch_logits(pm, ids) - ref).max())
     res["peft_missing"], res["peft_unexpected"], res["peft_tensor_diff"] = missing, unexpected, tdiff
