@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Run from a checkout: import this checkout's tdpo_mlx, not another installed copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 TEXT = "The quick brown fox jumps over the lazy dog. It was a sunny day, and everyone was happy."
 
 

@@ -97,8 +97,9 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
-def load_for_export(model_dir: Path, adapter_path: str | Path | None, lazy: bool = False):
-    """(mlx-lm model with adapters attached, adapter_config dict) via mlx-lm's own loaders.
+def load_for_export(model_dir: str | Path, adapter_path: str | Path | None, lazy: bool = False):
+    """(mlx-lm model with adapters attached, adapter_config dict) via mlx-lm's own loaders;
+    ``model_dir`` is resolved with :func:`resolve_model_dir`.
 
     Raises:
         FileNotFoundError: ``adapter_path`` lacks ``adapter_config.json``/``adapters.safetensors``.
@@ -121,7 +122,7 @@ def load_for_export(model_dir: Path, adapter_path: str | Path | None, lazy: bool
             raise UnsupportedExportError(
                 f"{ap}: a full fine-tune (fine_tune_type full) is not an adapter; load it as a model instead"
             )
-    model, _ = load_model(Path(model_dir), lazy=lazy)
+    model, _ = load_model(resolve_model_dir(model_dir), lazy=lazy)
     if adapter_path is not None:
         model = load_adapters(model, str(adapter_path))
     model.eval()
@@ -139,16 +140,24 @@ def _parse_dtype(name: str | None):
 
 
 def _base_model_name(explicit, info: dict, raw_config: dict, model) -> tuple[str, str | None]:
-    """(name for base_model_name_or_path / the card, a warning or None)."""
+    """(name for base_model_name_or_path / the card, a warning or None).
+
+    Warns when no explicit name was given and the one found is a quantized MLX model, or is
+    neither a Hugging Face id (``org/name``) nor an existing directory (e.g. a named source).
+    """
     name = explicit or info.get("base_model") or raw_config.get("base_model_name_or_path")
-    name = name or raw_config.get("_name_or_path") or info.get("model") or str(model)
-    warning = None
-    if not explicit and ("quantization" in raw_config or "quantization_config" in raw_config):
-        warning = (
-            f"base model {name!r} is a quantized MLX model; PEFT and transformers need the unquantized "
-            "Hugging Face base: pass --base-model-name HF_ID (e.g. google/gemma-3-270m)"
-        )
-    return str(name), warning
+    name = str(name or raw_config.get("_name_or_path") or info.get("model") or model)
+    if explicit:
+        return name, None
+    hint = (
+        "pass --base-model-name HF_ID, or export the base itself with "
+        f"`tdpo-mlx export --model {model} --to hf --out BASE_DIR` and pass that directory"
+    )
+    if "quantization" in raw_config or "quantization_config" in raw_config:
+        return name, f"base model {name!r} is a quantized MLX model; PEFT and transformers need an unquantized base: {hint}"
+    if not export_card.is_hub_id(name) and not Path(name).is_dir():
+        return name, f"base model {name!r} is neither a Hugging Face id nor a directory: {hint}"
+    return name, None
 
 
 def export(

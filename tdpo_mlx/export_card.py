@@ -9,6 +9,7 @@ Hugging Face Hub reads (``base_model``, ``library_name``, ``tags``).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -96,6 +97,11 @@ def _last_eval_metrics(path: Path) -> dict | None:
     return last
 
 
+def is_hub_id(name: str | None) -> bool:
+    """Whether ``name`` looks like a Hugging Face repository id (``org/name``)."""
+    return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", str(name)) is not None and not Path(str(name)).exists()
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
@@ -113,7 +119,7 @@ def model_card(kind: str, info: dict, base_model: str | None, notes: list[str] |
     """
     library = {"peft": "peft", "hf": "transformers", "mlx": "mlx"}[kind]
     meta: dict = {"library_name": library, "pipeline_tag": "text-generation"}
-    if base_model:
+    if is_hub_id(base_model):  # the Hub only accepts repository ids here
         meta["base_model"] = base_model
     tags = ["tdpo-mlx", "mlx"]
     method = info.get("method")

@@ -297,3 +297,19 @@ def test_cli_export(llama, tmp_path, capsys):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "float16"
     rc = main(["export", "--model", str(model), "--to", "peft", "--out", str(tmp_path / "p")])
     assert rc == 2 and "--to peft needs --adapter-path" in capsys.readouterr().err
+
+
+def test_base_model_name_warnings(tmp_path):
+    q4 = make_model_dir(tmp_path / "q4", "llama", quantize=4)
+    ad = make_adapter(q4, tmp_path / "ad", num_layers=1, extra={"model": "gemma3-270m"})
+    with pytest.warns(UserWarning, match="quantized MLX model; PEFT and transformers need an unquantized base"):
+        res = export(q4, ad, to="peft", out=tmp_path / "p1")
+    assert res.base_model == "gemma3-270m"
+    assert "base_model:" not in (tmp_path / "p1" / "README.md").read_text()  # not a Hub id
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = export(q4, ad, to="peft", out=tmp_path / "p2", base_model_name="google/gemma-3-270m")
+    assert res.warnings == []
+    cfg = json.loads((tmp_path / "p2" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "google/gemma-3-270m"
+    assert "base_model: google/gemma-3-270m" in (tmp_path / "p2" / "README.md").read_text()

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="dtype of the saved weights (default: the base's; PEFT: the adapter's)",
     )
-    p.add_argument("--quantize", type=int, choices=[4, 8], default=None, help="re-quantize a --to mlx export")
+    p.add_argument("--quantize", type=int, choices=[4, 8], default=None, help="re-quantize a --to mlx export (without it the fused model is saved dequantized in --dtype)")
     p.add_argument("--q-group-size", type=int, default=64, help="group size for --quantize")
     p.add_argument(
         "--base-model-name",
