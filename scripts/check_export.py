@@ -107,7 +107,11 @@ def run_checks(model, adapter_path, work, ids, base_model_name=None) -> dict:
     export(model, adapter_path, to="hf", out=work / "fused_hf", **kw)
     ref_base = mlx_logits(model, None, ids)
     ref = mlx_logits(model, adapter_path, ids)
-    res: dict = {"tokens": len(ids), "adapter_effect": float(np.abs(ref - ref_base).max())}
+    res: dict = {
+        "tokens": len(ids),
+        "max_abs_logit": float(np.abs(ref).max()),
+        "adapter_effect": float(np.abs(ref - ref_base).max()),
+    }
     res["base"] = float(np.abs(torch_logits(hf_model(work / "base_hf"), ids) - ref_base).max())
     res["base_unaligned"] = float(
         np.abs(torch_logits(hf_model(work / "base_hf", align_embed_scale=False), ids) - ref_base).max()

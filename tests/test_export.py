@@ -313,3 +313,18 @@ def test_base_model_name_warnings(tmp_path):
     cfg = json.loads((tmp_path / "p2" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == "google/gemma-3-270m"
     assert "base_model: google/gemma-3-270m" in (tmp_path / "p2" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_real_gemma_peft_export_names(gemma_dir, tmp_path):
+    """PEFT export of an adapter on the real Gemma 3 270M: HF module paths and config."""
+    ad = make_adapter(Path(gemma_dir), tmp_path / "ad", num_layers=4, rank=8, keys=["self_attn.q_proj", "self_attn.v_proj"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export(gemma_dir, ad, to="peft", out=tmp_path / "peft", base_model_name="google/gemma-3-270m")
+    _, tensors = _tensors(tmp_path / "peft" / "adapter_model.safetensors")
+    assert len(tensors) == 4 * 2 * 2
+    assert tensors["base_model.model.model.layers.17.self_attn.q_proj.lora_A.weight"].shape == (8, 640)
+    assert tensors["base_model.model.model.layers.14.self_attn.v_proj.lora_B.weight"].shape == (256, 8)
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert cfg["target_modules"] == ["q_proj", "v_proj"] and cfg["layers_to_transform"] == [14, 15, 16, 17]
