@@ -98,6 +98,10 @@ class TokenRules:
         self.special_ids = special | extra_eos | {self.eos_id}
         self.end_ids = extra_eos | {self.eos_id}
         self.chat_template = load_chat_template(chat_template)
+        # the Rust tokenizer decodes the same text without transformers' per-call overhead
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._backend = backend if backend is not None and not getattr(
+            tokenizer, "clean_up_tokenization_spaces", False) else None
 
     # -- text <-> ids
     def encode(self, text: str) -> list[int]:
@@ -105,7 +109,11 @@ class TokenRules:
         return [int(i) for i in self.tok.encode(text, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        """Text of ``ids`` with special tokens, no clean-up of spaces."""
+        ids = [int(i) for i in ids]
+        if self._backend is not None:
+            return self._backend.decode(ids, skip_special_tokens=False)
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def offsets(self, text: str):
         """(ids, char offsets) or (ids, None) for tokenizers without offset mapping."""
@@ -250,6 +258,7 @@ def _check_in_context(rules: TokenRules, p: list[int], prompt: str, ids: list[in
     jointly when the prompt ids are a prefix of it and that decodes right; else (ids, 1): a
     counted mismatch."""
     if not text.endswith(rules.tok.eos_token or "\0") and not text.startswith(rules.tok.bos_token or "\0"):
+        p = p[-32:]  # enough context for the seam, cheaper than decoding long prompts
         ctx = rules.decode(p)
         if rules.decode(p + ids[:-1]) == ctx + text:
             return ids, 0
@@ -481,6 +490,12 @@ class DataSummary:
                 lines.append(f"  {name:<15} {d['min']:>5} {d['p50']:>7.1f} {d['p90']:>7.1f} {d['p99']:>7.1f} "
                              f"{d['max']:>7} {d['mean']:>7.1f}")
         return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        """Plain JSON-able dict (for run metadata)."""
+        from dataclasses import asdict
+
+        return asdict(self)
 
     def __str__(self) -> str:
         return self.format()

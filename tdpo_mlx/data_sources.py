@@ -56,6 +56,7 @@ class Rows:
     name: str
     rows: list[dict]
     where: list[str]
+    split_selected: bool = False
 
 
 @dataclass
@@ -116,10 +117,12 @@ def _read_json(path: Path, split: str) -> Rows:
         if e.msg == "Extra data":  # JSON Lines saved as .json
             return _read_jsonl(path)
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    selected = False
     if isinstance(obj, dict):
         for key in SPLIT_ALIASES.get(split, (split,)) + ("data", "rows", "examples"):
             if isinstance(obj.get(key), list):
                 obj = obj[key]
+                selected = key not in ("data", "rows", "examples")
                 break
         else:
             raise DataError(f"{path}: expected a JSON list of records (or an object with a "
@@ -129,7 +132,7 @@ def _read_json(path: Path, split: str) -> Rows:
     for i, r in enumerate(obj):
         if not isinstance(r, dict):
             raise DataError(f"{path}: record {i}: expected a JSON object, got {type(r).__name__}")
-    return Rows(str(path), obj, [f"{path} record {i}" for i in range(len(obj))])
+    return Rows(str(path), obj, [f"{path} record {i}" for i in range(len(obj))], selected)
 
 
 def _read_parquet(path: Path) -> Rows:
@@ -210,7 +213,8 @@ def read_rows(data, split: str = "train") -> Rows:
             Hugging Face dataset id (loaded with ``datasets.load_dataset(id, split=split)``);
             a ``datasets.Dataset``; or a list of dicts.
         split: which split of a directory or dataset; ``"valid"`` also matches
-            ``validation``/``eval``/``dev``. Ignored for a single file or a list.
+            ``validation``/``eval``/``dev``. A single file (except a JSON object keyed by split)
+            holds only ``"train"`` (or ``None``: whatever it holds); a list ignores it.
 
     Returns:
         :class:`Rows`.
@@ -230,7 +234,13 @@ def read_rows(data, split: str = "train") -> Rows:
         raise TypeError(f"data must be a path, a dataset id, a Dataset or a list of dicts, got {type(data).__name__}")
     path = Path(data).expanduser()
     if path.is_file():
-        return _read_file(path, split)
+        rows = _read_file(path, split)
+        if split not in (None, "train") and not rows.split_selected:
+            # never hand back the training records as another split
+            raise FileNotFoundError(
+                f"{path} is a single file and has no {split!r} split; put train/valid/test files "
+                "in a directory, pass that split's file itself, or hold out pairs (split_holdout)")
+        return rows
     if path.is_dir():
         f = _split_file(path, split)
         if f is not None:

@@ -63,6 +63,10 @@ def test_jsonl_saved_as_json_and_split_object(tmp_path):
     q.write_text(json.dumps({"train": ROWS, "test": ROWS[:1]}))
     assert ids(load_preference_data(q, tokenizer=tok, split="train")[0]) == ids(want)
     assert len(load_preference_data(q, tokenizer=tok, split="test")[0]) == 1
+    # a single file is never handed back as another split (eval on training data)
+    with pytest.raises(FileNotFoundError, match="single file and has no 'valid' split"):
+        load_preference_data(p, tokenizer=tok, split="valid")
+    assert len(load_preference_data(p, tokenizer=tok, split=None)[0]) == 3
 
 
 @pytest.mark.parametrize("split,alias", [("train", "train"), ("valid", "valid"), ("validation", "valid"),
@@ -244,3 +248,5 @@ def test_limit_and_summary_text():
     text = s.format()
     assert "records read 2, pairs kept 2, dropped 0" in text and "prompt" in text and "p90" in text
     assert s.prompt_lengths["max"] == max(len(p.prompt_ids) for p in pairs)
+    d = json.loads(json.dumps(s.as_dict()))
+    assert d["kept"] == 2 and d["dropped"] == {} and d["prompt_lengths"] == s.prompt_lengths
