@@ -57,6 +57,10 @@ DROP_REASONS = {
 }
 
 
+REPAIRS = {"prompt_in_responses": "records repeated the prompt at the start of both responses "
+                                  "(removed from the responses; it is scored nowhere)"}
+
+
 class TokenRules:
     """A tokenizer plus the decisions the token rules need.
 
@@ -433,6 +437,8 @@ class DataSummary:
         dropped: reason -> count (reasons in :data:`DROP_REASONS`).
         dropped_examples: reason -> first 5 record locations (file:line (record i)).
         dropped_records: reason -> first 20 record indices.
+        repaired: repair -> count of kept records fixed on load (``prompt_in_responses``: the
+            prompt was repeated at the start of both responses and removed from them).
         prompt_cut / response_cut: kept pairs whose prompt / a response was truncated.
         decode_mismatches: plain-text responses whose ids do not decode back to the text.
         prompt_lengths / response_lengths / sequence_lengths: percentiles (tokens) of the kept
@@ -449,6 +455,7 @@ class DataSummary:
     dropped: dict = field(default_factory=dict)
     dropped_examples: dict = field(default_factory=dict)
     dropped_records: dict = field(default_factory=dict)
+    repaired: dict = field(default_factory=dict)
     prompt_cut: int = 0
     response_cut: int = 0
     decode_mismatches: int = 0
@@ -478,6 +485,8 @@ class DataSummary:
             ex = ", ".join(str(i) for i in self.dropped_records.get(reason, []))
             more = ", ..." if n > len(self.dropped_records.get(reason, [])) else ""
             lines.append(f"    dropped {n:>6} {DROP_REASONS.get(reason, reason)} (records {ex}{more})")
+        for name, n in sorted(self.repaired.items()):
+            lines.append(f"    repaired {n:>5} {REPAIRS.get(name, name)}")
         lines.append(f"  truncation max_length={self.max_length} max_prompt_length={self.max_prompt_length} "
                      f"mode={self.truncation_mode}: prompt cut in {self.prompt_cut}, "
                      f"a response cut in {self.response_cut} pairs")

@@ -71,6 +71,8 @@ class PreferenceRecord:
             dicts (chat: the reply messages only, normally one assistant message).
         index: 0-based record index in its source.
         where: human-readable location (file:line or dataset record).
+        repaired: None, or the name of a repair made (``"prompt_in_responses"``: the prompt was
+            repeated at the start of both responses and was removed from them).
     """
 
     kind: str
@@ -79,6 +81,7 @@ class PreferenceRecord:
     rejected: Any
     index: int
     where: str
+    repaired: str | None = None
 
 
 # ----------------------------------------------------------------------------- reading sources
@@ -356,24 +359,29 @@ def to_record(row: dict, index: int, where: str, fmt: str, *, prompt_key: str, c
         prompt = _need_str(row, prompt_key, "prompt", where)
         chosen = _need_str(row, chosen_key, "chosen", where)
         rejected = _need_str(row, rejected_key, "rejected", where)
+        repaired = None
+        if prompt.strip() and chosen.startswith(prompt) and rejected.startswith(prompt):
+            # the prompt repeated inside both responses would be scored: keep it once
+            chosen, rejected, repaired = chosen[len(prompt):], rejected[len(prompt):], "prompt_in_responses"
         if system:
             prompt = system + system_separator + prompt
-        return PreferenceRecord("text", prompt, chosen, rejected, index, where)
+        return PreferenceRecord("text", prompt, chosen, rejected, index, where, repaired)
     if fmt == "implicit":
         chosen = _need_str(row, chosen_key, "chosen", where)
         rejected = _need_str(row, rejected_key, "rejected", where)
         return PreferenceRecord("implicit", None, chosen, rejected, index, where)
     if fmt != "conversational":
         raise ValueError(f"format {fmt!r}")
+    repaired = None
     chosen = _messages(_need(row, chosen_key, "chosen", where), "assistant", chosen_key, where)
     rejected = _messages(_need(row, rejected_key, "rejected", where), "assistant", rejected_key, where)
     if prompt_key in row and row[prompt_key] is not None:
         prompt = _messages(row[prompt_key], "user", prompt_key, where)
         # Some datasets repeat the prompt turns at the start of chosen/rejected.
         if len(chosen) > len(prompt) and _same_messages(chosen[:len(prompt)], prompt):
-            chosen = chosen[len(prompt):]
+            chosen, repaired = chosen[len(prompt):], "prompt_in_responses"
         if len(rejected) > len(prompt) and _same_messages(rejected[:len(prompt)], prompt):
-            rejected = rejected[len(prompt):]
+            rejected, repaired = rejected[len(prompt):], "prompt_in_responses"
         for key, resp in ((chosen_key, chosen), (rejected_key, rejected)):
             bad = [m["role"] for m in resp if m["role"] in ("user", "system")]
             if bad:
@@ -397,5 +405,5 @@ def to_record(row: dict, index: int, where: str, fmt: str, *, prompt_key: str, c
     if not prompt and not system:
         raise DataError(f"{where}: conversation has no prompt messages (nothing before the reply); "
                         f"give a {prompt_key!r} key or whole conversations")
-    return PreferenceRecord("chat", _with_system(prompt, system), chosen, rejected, index, where)
+    return PreferenceRecord("chat", _with_system(prompt, system), chosen, rejected, index, where, repaired)
 

@@ -219,7 +219,9 @@ def test_prompt_repeated_inside_chosen_is_stripped():
            "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "b"}]}
     ref = {"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "a"}],
            "rejected": [{"role": "assistant", "content": "b"}]}
-    assert ids(load_preference_data([row], tokenizer=tok)[0]) == ids(load_preference_data([ref], tokenizer=tok)[0])
+    pairs, s = load_preference_data([row], tokenizer=tok)
+    assert ids(pairs) == ids(load_preference_data([ref], tokenizer=tok)[0])
+    assert s.repaired == {"prompt_in_responses": 1} and "repaired" in s.format()
     bad = dict(ref, chosen=[{"role": "assistant", "content": "a"}, {"role": "user", "content": "more"}])
     with pytest.raises(DataError, match="holds a 'user' turn"):
         load_preference_data([bad], tokenizer=tok)
@@ -250,3 +252,15 @@ def test_limit_and_summary_text():
     assert s.prompt_lengths["max"] == max(len(p.prompt_ids) for p in pairs)
     d = json.loads(json.dumps(s.as_dict()))
     assert d["kept"] == 2 and d["dropped"] == {} and d["prompt_lengths"] == s.prompt_lengths
+
+
+def test_prompt_repeated_inside_string_responses_is_not_scored():
+    tok = plain_tokenizer()
+    rows = [{"prompt": "What is 2+2?", "chosen": "What is 2+2? 4.", "rejected": "What is 2+2? 5."}, ROWS[1]]
+    pairs, s = load_preference_data(rows, tokenizer=tok)
+    want, _ = load_preference_data([ROWS[0], ROWS[1]], tokenizer=tok)
+    assert ids(pairs) == ids(want) and s.repaired == {"prompt_in_responses": 1}
+    # a response that only shares a beginning with the prompt is left alone
+    row = {"prompt": "What", "chosen": "What a question", "rejected": "No"}
+    (pair,), s = load_preference_data([row], tokenizer=tok)
+    assert tok.decode(pair.chosen_ids[:-1]) == "What a question" and s.repaired == {}
