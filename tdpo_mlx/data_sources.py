@@ -50,7 +50,8 @@ class Rows:
     Attributes:
         name: the source as given (path, dataset id, ``"<rows>"``).
         rows: list of dicts, one per record.
-        where: list of strings naming each row's place (``"file.jsonl:12"``, ``"ds[train][3]"``).
+        where: list of strings naming each row's place: ``"file.jsonl:12"`` (line) for line
+            files, else the source name (the loader adds ``"(record i)"``).
     """
 
     name: str
@@ -135,14 +136,14 @@ def _read_json(path: Path, split: str) -> Rows:
     for i, r in enumerate(obj):
         if not isinstance(r, dict):
             raise DataError(f"{path}: record {i}: expected a JSON object, got {type(r).__name__}")
-    return Rows(str(path), obj, [f"{path} record {i}" for i in range(len(obj))], selected)
+    return Rows(str(path), obj, [str(path)] * len(obj), selected)
 
 
 def _read_parquet(path: Path) -> Rows:
     import pyarrow.parquet as pq
 
     rows = pq.read_table(path).to_pylist()
-    return Rows(str(path), rows, [f"{path} row {i}" for i in range(len(rows))])
+    return Rows(str(path), rows, [str(path)] * len(rows))
 
 
 def _read_csv(path: Path) -> Rows:
@@ -187,7 +188,7 @@ def _split_file(directory: Path, split: str) -> Path | None:
 
 def _from_dataset(ds, name: str) -> Rows:
     rows = ds.to_list() if hasattr(ds, "to_list") else [dict(r) for r in ds]
-    return Rows(name, rows, [f"{name} record {i}" for i in range(len(rows))])
+    return Rows(name, rows, [name] * len(rows))
 
 
 def _load_hub(name: str, split: str) -> Rows:
@@ -230,7 +231,7 @@ def read_rows(data, split: str = "train") -> Rows:
         for i, r in enumerate(data):
             if not isinstance(r, dict):
                 raise DataError(f"record {i}: expected a dict, got {type(r).__name__}")
-        return Rows("<rows>", list(data), [f"record {i}" for i in range(len(data))])
+        return Rows("<rows>", list(data), ["<rows>"] * len(data))
     if not isinstance(data, (str, os.PathLike)):
         if hasattr(data, "column_names"):
             return _from_dataset(data, "<dataset>")
