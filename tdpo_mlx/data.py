@@ -302,6 +302,8 @@ def load_preference_data(
             summary.drop(e.reason, where, i)
             continue
         summary.decode_mismatches += mismatches
+        if rec.repaired:
+            summary.repaired[rec.repaired] = summary.repaired.get(rec.repaired, 0) + 1
         summary.prompt_cut += pcut
         summary.response_cut += rcut
         plen.append(raw[0])

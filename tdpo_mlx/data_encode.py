@@ -57,6 +57,10 @@ DROP_REASONS = {
 }
 
 
+REPAIRS = {"prompt_in_responses": "records repeated the prompt at the start of both responses "
+                                  "(removed from the responses; it is scored nowhere)"}
+
+
 class TokenRules:
     """A tokenizer plus the decisions the token rules need.
 
@@ -98,6 +102,10 @@ class TokenRules:
         self.special_ids = special | extra_eos | {self.eos_id}
         self.end_ids = extra_eos | {self.eos_id}
         self.chat_template = load_chat_template(chat_template)
+        # the Rust tokenizer decodes the same text without transformers' per-call overhead
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._backend = backend if backend is not None and not getattr(
+            tokenizer, "clean_up_tokenization_spaces", False) else None
 
     # -- text <-> ids
     def encode(self, text: str) -> list[int]:
@@ -105,7 +113,11 @@ class TokenRules:
         return [int(i) for i in self.tok.encode(text, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        """Text of ``ids`` with special tokens, no clean-up of spaces."""
+        ids = [int(i) for i in ids]
+        if self._backend is not None:
+            return self._backend.decode(ids, skip_special_tokens=False)
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def offsets(self, text: str):
         """(ids, char offsets) or (ids, None) for tokenizers without offset mapping."""
@@ -250,6 +262,7 @@ def _check_in_context(rules: TokenRules, p: list[int], prompt: str, ids: list[in
     jointly when the prompt ids are a prefix of it and that decodes right; else (ids, 1): a
     counted mismatch."""
     if not text.endswith(rules.tok.eos_token or "\0") and not text.startswith(rules.tok.bos_token or "\0"):
+        p = p[-32:]  # enough context for the seam, cheaper than decoding long prompts
         ctx = rules.decode(p)
         if rules.decode(p + ids[:-1]) == ctx + text:
             return ids, 0
@@ -424,6 +437,8 @@ class DataSummary:
         dropped: reason -> count (reasons in :data:`DROP_REASONS`).
         dropped_examples: reason -> first 5 record locations (file:line (record i)).
         dropped_records: reason -> first 20 record indices.
+        repaired: repair -> count of kept records fixed on load (``prompt_in_responses``: the
+            prompt was repeated at the start of both responses and removed from them).
         prompt_cut / response_cut: kept pairs whose prompt / a response was truncated.
         decode_mismatches: plain-text responses whose ids do not decode back to the text.
         prompt_lengths / response_lengths / sequence_lengths: percentiles (tokens) of the kept
@@ -440,6 +455,7 @@ class DataSummary:
     dropped: dict = field(default_factory=dict)
     dropped_examples: dict = field(default_factory=dict)
     dropped_records: dict = field(default_factory=dict)
+    repaired: dict = field(default_factory=dict)
     prompt_cut: int = 0
     response_cut: int = 0
     decode_mismatches: int = 0
@@ -469,6 +485,8 @@ class DataSummary:
             ex = ", ".join(str(i) for i in self.dropped_records.get(reason, []))
             more = ", ..." if n > len(self.dropped_records.get(reason, [])) else ""
             lines.append(f"    dropped {n:>6} {DROP_REASONS.get(reason, reason)} (records {ex}{more})")
+        for name, n in sorted(self.repaired.items()):
+            lines.append(f"    repaired {n:>5} {REPAIRS.get(name, name)}")
         lines.append(f"  truncation max_length={self.max_length} max_prompt_length={self.max_prompt_length} "
                      f"mode={self.truncation_mode}: prompt cut in {self.prompt_cut}, "
                      f"a response cut in {self.response_cut} pairs")
@@ -481,6 +499,12 @@ class DataSummary:
                 lines.append(f"  {name:<15} {d['min']:>5} {d['p50']:>7.1f} {d['p90']:>7.1f} {d['p99']:>7.1f} "
                              f"{d['max']:>7} {d['mean']:>7.1f}")
         return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        """Plain JSON-able dict (for run metadata)."""
+        from dataclasses import asdict
+
+        return asdict(self)
 
     def __str__(self) -> str:
         return self.format()

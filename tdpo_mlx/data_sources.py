@@ -50,12 +50,14 @@ class Rows:
     Attributes:
         name: the source as given (path, dataset id, ``"<rows>"``).
         rows: list of dicts, one per record.
-        where: list of strings naming each row's place (``"file.jsonl:12"``, ``"ds[train][3]"``).
+        where: list of strings naming each row's place: ``"file.jsonl:12"`` (line) for line
+            files, else the source name (the loader adds ``"(record i)"``).
     """
 
     name: str
     rows: list[dict]
     where: list[str]
+    split_selected: bool = False
 
 
 @dataclass
@@ -70,6 +72,8 @@ class PreferenceRecord:
             dicts (chat: the reply messages only, normally one assistant message).
         index: 0-based record index in its source.
         where: human-readable location (file:line or dataset record).
+        repaired: None, or the name of a repair made (``"prompt_in_responses"``: the prompt was
+            repeated at the start of both responses and was removed from them).
     """
 
     kind: str
@@ -78,6 +82,7 @@ class PreferenceRecord:
     rejected: Any
     index: int
     where: str
+    repaired: str | None = None
 
 
 # ----------------------------------------------------------------------------- reading sources
@@ -116,10 +121,12 @@ def _read_json(path: Path, split: str) -> Rows:
         if e.msg == "Extra data":  # JSON Lines saved as .json
             return _read_jsonl(path)
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    selected = False
     if isinstance(obj, dict):
         for key in SPLIT_ALIASES.get(split, (split,)) + ("data", "rows", "examples"):
             if isinstance(obj.get(key), list):
                 obj = obj[key]
+                selected = key not in ("data", "rows", "examples")
                 break
         else:
             raise DataError(f"{path}: expected a JSON list of records (or an object with a "
@@ -129,14 +136,14 @@ def _read_json(path: Path, split: str) -> Rows:
     for i, r in enumerate(obj):
         if not isinstance(r, dict):
             raise DataError(f"{path}: record {i}: expected a JSON object, got {type(r).__name__}")
-    return Rows(str(path), obj, [f"{path} record {i}" for i in range(len(obj))])
+    return Rows(str(path), obj, [str(path)] * len(obj), selected)
 
 
 def _read_parquet(path: Path) -> Rows:
     import pyarrow.parquet as pq
 
     rows = pq.read_table(path).to_pylist()
-    return Rows(str(path), rows, [f"{path} row {i}" for i in range(len(rows))])
+    return Rows(str(path), rows, [str(path)] * len(rows))
 
 
 def _read_csv(path: Path) -> Rows:
@@ -181,7 +188,7 @@ def _split_file(directory: Path, split: str) -> Path | None:
 
 def _from_dataset(ds, name: str) -> Rows:
     rows = ds.to_list() if hasattr(ds, "to_list") else [dict(r) for r in ds]
-    return Rows(name, rows, [f"{name} record {i}" for i in range(len(rows))])
+    return Rows(name, rows, [name] * len(rows))
 
 
 def _load_hub(name: str, split: str) -> Rows:
@@ -210,7 +217,8 @@ def read_rows(data, split: str = "train") -> Rows:
             Hugging Face dataset id (loaded with ``datasets.load_dataset(id, split=split)``);
             a ``datasets.Dataset``; or a list of dicts.
         split: which split of a directory or dataset; ``"valid"`` also matches
-            ``validation``/``eval``/``dev``. Ignored for a single file or a list.
+            ``validation``/``eval``/``dev``. A single file (except a JSON object keyed by split)
+            holds only ``"train"`` (or ``None``: whatever it holds); a list ignores it.
 
     Returns:
         :class:`Rows`.
@@ -223,14 +231,20 @@ def read_rows(data, split: str = "train") -> Rows:
         for i, r in enumerate(data):
             if not isinstance(r, dict):
                 raise DataError(f"record {i}: expected a dict, got {type(r).__name__}")
-        return Rows("<rows>", list(data), [f"record {i}" for i in range(len(data))])
+        return Rows("<rows>", list(data), ["<rows>"] * len(data))
     if not isinstance(data, (str, os.PathLike)):
         if hasattr(data, "column_names"):
             return _from_dataset(data, "<dataset>")
         raise TypeError(f"data must be a path, a dataset id, a Dataset or a list of dicts, got {type(data).__name__}")
     path = Path(data).expanduser()
     if path.is_file():
-        return _read_file(path, split)
+        rows = _read_file(path, split)
+        if split not in (None, "train") and not rows.split_selected:
+            # never hand back the training records as another split
+            raise FileNotFoundError(
+                f"{path} is a single file and has no {split!r} split; put train/valid/test files "
+                "in a directory, pass that split's file itself, or hold out pairs (split_holdout)")
+        return rows
     if path.is_dir():
         f = _split_file(path, split)
         if f is not None:
@@ -346,24 +360,29 @@ def to_record(row: dict, index: int, where: str, fmt: str, *, prompt_key: str, c
         prompt = _need_str(row, prompt_key, "prompt", where)
         chosen = _need_str(row, chosen_key, "chosen", where)
         rejected = _need_str(row, rejected_key, "rejected", where)
+        repaired = None
+        if prompt.strip() and chosen.startswith(prompt) and rejected.startswith(prompt):
+            # the prompt repeated inside both responses would be scored: keep it once
+            chosen, rejected, repaired = chosen[len(prompt):], rejected[len(prompt):], "prompt_in_responses"
         if system:
             prompt = system + system_separator + prompt
-        return PreferenceRecord("text", prompt, chosen, rejected, index, where)
+        return PreferenceRecord("text", prompt, chosen, rejected, index, where, repaired)
     if fmt == "implicit":
         chosen = _need_str(row, chosen_key, "chosen", where)
         rejected = _need_str(row, rejected_key, "rejected", where)
         return PreferenceRecord("implicit", None, chosen, rejected, index, where)
     if fmt != "conversational":
         raise ValueError(f"format {fmt!r}")
+    repaired = None
     chosen = _messages(_need(row, chosen_key, "chosen", where), "assistant", chosen_key, where)
     rejected = _messages(_need(row, rejected_key, "rejected", where), "assistant", rejected_key, where)
     if prompt_key in row and row[prompt_key] is not None:
         prompt = _messages(row[prompt_key], "user", prompt_key, where)
         # Some datasets repeat the prompt turns at the start of chosen/rejected.
         if len(chosen) > len(prompt) and _same_messages(chosen[:len(prompt)], prompt):
-            chosen = chosen[len(prompt):]
+            chosen, repaired = chosen[len(prompt):], "prompt_in_responses"
         if len(rejected) > len(prompt) and _same_messages(rejected[:len(prompt)], prompt):
-            rejected = rejected[len(prompt):]
+            rejected, repaired = rejected[len(prompt):], "prompt_in_responses"
         for key, resp in ((chosen_key, chosen), (rejected_key, rejected)):
             bad = [m["role"] for m in resp if m["role"] in ("user", "system")]
             if bad:
@@ -387,5 +406,5 @@ def to_record(row: dict, index: int, where: str, fmt: str, *, prompt_key: str, c
     if not prompt and not system:
         raise DataError(f"{where}: conversation has no prompt messages (nothing before the reply); "
                         f"give a {prompt_key!r} key or whole conversations")
-    return PreferenceRecord("chat", _with_system(prompt, system), chosen, rejected, index, where)
+    return PreferenceRecord("chat", _with_system(prompt, system), chosen, rejected, index, where, repaired)
 

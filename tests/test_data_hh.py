@@ -11,11 +11,32 @@ import pytest
 from tdpo_mlx.data import load_preference_data, make_batch
 
 
-@pytest.mark.slow
-def test_hh_loads_with_gemma_tokenizer(hh_file, gemma_dir):
+@pytest.fixture(scope="module")
+def gemma_tokenizer(gemma_dir):
     from mlx_lm.utils import load_tokenizer
 
-    tok = load_tokenizer(Path(gemma_dir))
+    return load_tokenizer(Path(gemma_dir))
+
+
+@pytest.mark.slow
+def test_gemma_chat_reply_ends_with_one_end_of_turn(gemma_tokenizer):
+    from test_data_support import GEMMA_LIKE
+
+    tok = gemma_tokenizer
+    row = {"prompt": [{"role": "user", "content": "What is 2+2?"}],
+           "chosen": [{"role": "assistant", "content": "4."}], "rejected": [{"role": "assistant", "content": "5."}]}
+    template = tok.chat_template or GEMMA_LIKE  # the imported GGUF may carry no template
+    (pair,), _ = load_preference_data([row], tokenizer=tok, chat_template=template)
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert pair.prompt_ids[0] == tok.bos_token_id and pair.prompt_ids.count(tok.bos_token_id) == 1
+    assert pair.chosen_ids == tok.encode("4.", add_special_tokens=False) + [eot]
+    assert pair.rejected_ids == tok.encode("5.", add_special_tokens=False) + [eot]
+    assert tok.decode(pair.prompt_ids).endswith("<start_of_turn>model\n")
+
+
+@pytest.mark.slow
+def test_hh_loads_with_gemma_tokenizer(hh_file, gemma_tokenizer):
+    tok = gemma_tokenizer
     t0 = time.perf_counter()
     pairs, s = load_preference_data(hh_file, tokenizer=tok, max_length=512, max_prompt_length=256)
     seconds = time.perf_counter() - t0

@@ -63,6 +63,10 @@ def test_jsonl_saved_as_json_and_split_object(tmp_path):
     q.write_text(json.dumps({"train": ROWS, "test": ROWS[:1]}))
     assert ids(load_preference_data(q, tokenizer=tok, split="train")[0]) == ids(want)
     assert len(load_preference_data(q, tokenizer=tok, split="test")[0]) == 1
+    # a single file is never handed back as another split (eval on training data)
+    with pytest.raises(FileNotFoundError, match="single file and has no 'valid' split"):
+        load_preference_data(p, tokenizer=tok, split="valid")
+    assert len(load_preference_data(p, tokenizer=tok, split=None)[0]) == 3
 
 
 @pytest.mark.parametrize("split,alias", [("train", "train"), ("valid", "valid"), ("validation", "valid"),
@@ -215,7 +219,9 @@ def test_prompt_repeated_inside_chosen_is_stripped():
            "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "b"}]}
     ref = {"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "a"}],
            "rejected": [{"role": "assistant", "content": "b"}]}
-    assert ids(load_preference_data([row], tokenizer=tok)[0]) == ids(load_preference_data([ref], tokenizer=tok)[0])
+    pairs, s = load_preference_data([row], tokenizer=tok)
+    assert ids(pairs) == ids(load_preference_data([ref], tokenizer=tok)[0])
+    assert s.repaired == {"prompt_in_responses": 1} and "repaired" in s.format()
     bad = dict(ref, chosen=[{"role": "assistant", "content": "a"}, {"role": "user", "content": "more"}])
     with pytest.raises(DataError, match="holds a 'user' turn"):
         load_preference_data([bad], tokenizer=tok)
@@ -244,3 +250,17 @@ def test_limit_and_summary_text():
     text = s.format()
     assert "records read 2, pairs kept 2, dropped 0" in text and "prompt" in text and "p90" in text
     assert s.prompt_lengths["max"] == max(len(p.prompt_ids) for p in pairs)
+    d = json.loads(json.dumps(s.as_dict()))
+    assert d["kept"] == 2 and d["dropped"] == {} and d["prompt_lengths"] == s.prompt_lengths
+
+
+def test_prompt_repeated_inside_string_responses_is_not_scored():
+    tok = plain_tokenizer()
+    rows = [{"prompt": "What is 2+2?", "chosen": "What is 2+2? 4.", "rejected": "What is 2+2? 5."}, ROWS[1]]
+    pairs, s = load_preference_data(rows, tokenizer=tok)
+    want, _ = load_preference_data([ROWS[0], ROWS[1]], tokenizer=tok)
+    assert ids(pairs) == ids(want) and s.repaired == {"prompt_in_responses": 1}
+    # a response that only shares a beginning with the prompt is left alone
+    row = {"prompt": "What", "chosen": "What a question", "rejected": "No"}
+    (pair,), s = load_preference_data([row], tokenizer=tok)
+    assert tok.decode(pair.chosen_ids[:-1]) == "What a question" and s.repaired == {}

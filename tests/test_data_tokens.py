@@ -434,3 +434,18 @@ def test_sentencepiece_seam_scored_ids_decode_back_in_context(prompt, chosen, re
         joint = tok.encode(prompt + text, add_special_tokens=False)
         assert joint[len(pair.prompt_ids) - 1:] == ids[:-1]
     check_pair(tok, pair, bos_expected=True)
+
+
+def test_mlx_lm_tokenizer_wrapper_is_accepted():
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    tok = bos_tokenizer()
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    wrapped = TokenizerWrapper(tok, eos_token_ids=[tok.eos_token_id, eot])
+    for row in (CONV, STD, HH):
+        (a,), _ = load([row], wrapped)
+        (b,), _ = load([row], tok)
+        assert (a.prompt_ids, a.chosen_ids, a.rejected_ids) == (b.prompt_ids, b.chosen_ids, b.rejected_ids)
+    # with <end_of_turn> declared an end token, a plain response holding it is refused
+    pairs, s = load([STD, {"prompt": "Q", "chosen": " a<end_of_turn> b", "rejected": " c"}], wrapped)
+    assert s.dropped == {"special_token_in_response": 1}
