@@ -649,21 +649,49 @@ def test_unknown_rope_freqs_is_an_error(tmp_path):
         gi.import_gguf(src, tmp_path / "out")
 
 
-def test_import_never_loads_torch(tmp_path):
-    """import_gguf (no --quantize) runs without importing torch even where torch is installed.
-    (mlx_lm and transformers' AutoConfig import torch when it is installed, so loading the result
-    is not part of this check; quantizing goes through mlx_lm.)"""
+_HIDE_TORCH = """
+import sys
+class _HideTorch:
+    def __init__(self, finder):
+        self._finder = finder
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            return None
+        find = getattr(self._finder, "find_spec", None)
+        return None if find is None else find(name, path, target)
+    def __getattr__(self, attr):
+        return getattr(self._finder, attr)
+sys.meta_path[:] = [_HideTorch(f) for f in sys.meta_path]
+"""
+
+
+def test_import_works_without_torch(tmp_path):
+    """With torch unimportable (as on a machine without it): import, quantize, mlx_lm.load, AutoTokenizer."""
+    import os
+    import pathlib
     import subprocess
     import sys
 
     rng = np.random.default_rng(9)
     src = tmp_path / "m.gguf"
     write_llama_like(src, "llama", random_llama_hf(rng, len(sentencepiece_vocab()[0])), {"default": Q.Q8_0})
-    code = (
-        "import sys, tdpo_mlx.gguf_import as gi; "
-        f"gi.import_gguf({str(src)!r}, {str(tmp_path / 'o')!r}); "
-        "assert 'torch' not in sys.modules, 'torch was imported'"
-    )
+    code = _HIDE_TORCH + f"""
+try:
+    import torch
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("torch blocker failed")
+import tdpo_mlx.gguf_import as gi, mlx_lm, mlx.core as mx
+out = gi.import_gguf({str(src)!r}, {str(tmp_path / "o")!r}, quantize=8, group_size=32)
+model, tok = mlx_lm.load(str(out))
+assert tok.encode("hello world")[0] == 1
+mx.eval(model(mx.array([[1, 2, 3]])))
+from transformers import AutoTokenizer
+assert AutoTokenizer.from_pretrained(str(out))("hello")["input_ids"][0] == 1
+assert "torch" not in sys.modules
+"""
+    root = pathlib.Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
-                       env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
-    assert r.returncode == 0, r.stderr[-2000:]
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-3000:]
