@@ -39,6 +39,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -592,7 +593,14 @@ def build_tokenizer(g: GGUFContents):
         merges = [tuple(m.split(" ", 1)) for m in raw_merges]
         tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
         pre = md.get("tokenizer.ggml.pre", "default")
-        split = _PRE_TOKENIZER_SPLITS.get(pre, _GPT2_SPLIT)
+        split = _PRE_TOKENIZER_SPLITS.get(pre)
+        if split is None:
+            warnings.warn(
+                f"{g.path}: pre-tokenizer {pre!r} is not known here (known: {sorted(_PRE_TOKENIZER_SPLITS)}); "
+                "splitting text with GPT-2's regex, token ids may differ from llama.cpp's",
+                stacklevel=2,
+            )
+            split = _GPT2_SPLIT
         tk.pre_tokenizer = pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Split(Regex(split), behavior="isolated"),
