@@ -771,7 +771,7 @@ def import_gguf(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass overwrite (--force)")
     t0 = time.perf_counter()
-    with _source_file(source, out.parent) as gguf_path:
+    with _source_file(source) as gguf_path:
         g = read_gguf(gguf_path)
         _check_arch(g)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -806,7 +806,7 @@ def import_gguf(
 
 
 @contextlib.contextmanager
-def _source_file(source: str | os.PathLike, scratch: Path) -> Iterator[Path]:
+def _source_file(source: str | os.PathLike) -> Iterator[Path]:
     s = str(source)
     if s in NAMED_SOURCES:
         yield named_gguf_path(s)
@@ -895,5 +895,8 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         return str(out)
     with _file_lock(cache_dir() / "models" / f".{s}.lock"):
         if not is_complete_import(out):
+            # leftovers of an interrupted import (we hold the lock: nobody else is building)
+            for stale in out.parent.glob(f".{s}.tmp*"):
+                shutil.rmtree(stale, ignore_errors=True)
             import_gguf(s, out, dtype="float32", overwrite=True)
     return str(out)

@@ -572,10 +572,13 @@ def test_resolve_model_path_reuses_complete_import(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(gi, "import_gguf", fake_import)
+    stale = tmp_path / "cache" / "models" / ".gemma3-270m.tmpabc"  # an interrupted earlier import
+    stale.mkdir(parents=True)
     p1 = gi.resolve_model_path("gemma3-270m")
     p2 = gi.resolve_model_path("gemma3-270m")
     assert p1 == p2 == str(tmp_path / "cache" / "models" / "gemma3-270m")
     assert calls == ["gemma3-270m"]
+    assert not stale.exists()
 
 
 def test_cli_import_gguf(tmp_path, capsys):
