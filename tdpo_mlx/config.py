@@ -44,17 +44,17 @@ class TrainConfig:
     lora_dropout: float = _f(0.0, "dropout on the adapter input during training")
     lora_layers: int = _f(-1, "adapt the last N transformer blocks (-1 = all)")
     lora_keys: list | None = _f(None, "block-relative module paths to adapt, e.g. self_attn.q_proj self_attn.v_proj "
-                                      "(bare names like q_proj match any block path; default: every linear layer)",
+                                      "(bare names like q_proj match any block path; None = every linear layer)",
                                 nargs="+")
     dora: bool = _f(False, "train DoRA (weight-decomposed LoRA) instead of LoRA")
     quantize: int | None = _f(None, "quantize the frozen base to 4 or 8 bits at load (QLoRA)", choices=(4, 8))
-    dtype: str | None = _f(None, "compute dtype (float32, bfloat16, float16); default float32 on CPU, bfloat16 on GPU")
+    dtype: str | None = _f(None, "compute dtype (float32, bfloat16, float16); None = float32 on CPU, bfloat16 on GPU")
     grad_checkpoint: bool = _f(False, "recompute block activations in the backward pass (less memory, ~30%% slower)")
 
     # data
     data: str | None = _f(None, "training preference data: JSON/JSONL(.gz)/Parquet file, directory or hub dataset")
     split: str = _f("train", "split of --data to use for a hub dataset or directory")
-    eval_data: str | None = _f(None, "held-out preference data (default: hold out --eval-fraction of --data)")
+    eval_data: str | None = _f(None, "held-out preference data; without it --eval-fraction of --data is held out")
     eval_fraction: float = _f(0.05, "fraction of --data held out for evaluation when --eval-data is not given")
     max_eval_pairs: int = _f(128, "evaluate on at most this many held-out pairs (0 = all)")
     max_length: int = _f(512, "maximum tokens of prompt + response")
