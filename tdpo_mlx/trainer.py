@@ -75,18 +75,24 @@ class NonFiniteLossError(RuntimeError):
 # Loss over one batch and gradient accumulation
 # --------------------------------------------------------------------------------------------
 
-def _statistics(model, batch, reference_model=None, average_log_prob=False):
-    """Per-sequence statistics of a batch: the fast path when available, else the plain one."""
+def _statistics(model, batch, reference_model=None, average_log_prob=False, differentiable=True):
+    """Per-sequence statistics of a batch: :func:`tdpo_mlx.stats.batch_statistics` (fast,
+    response-only LM head) when available, else the plain :func:`~tdpo_mlx.stats.model_statistics`."""
+    import inspect
+
     from . import stats
 
     fast = getattr(stats, "batch_statistics", None)
     if fast is not None:
-        return fast(model, batch, reference_model=reference_model, average_log_prob=average_log_prob, fast=True)
+        kw = {}
+        if not differentiable and "differentiable" in inspect.signature(fast).parameters:
+            kw["differentiable"] = False  # evaluation: skip the work only backward needs
+        return fast(model, batch, reference_model=reference_model, average_log_prob=average_log_prob, fast=True, **kw)
     return stats.model_statistics(model, batch, reference_model=reference_model, average_log_prob=average_log_prob)
 
 
 def batch_loss(model, batch, *, loss_type="tdpo2", beta=0.1, alpha=0.5, reference_model=None,
-               average_log_prob=False, total_pairs=None):
+               average_log_prob=False, total_pairs=None, differentiable=True):
     """Training objective of one (micro-)batch.
 
     Args:
@@ -96,12 +102,14 @@ def batch_loss(model, batch, *, loss_type="tdpo2", beta=0.1, alpha=0.5, referenc
         total_pairs: divisor of the summed per-pair losses (default B). With gradient
             accumulation pass the number of pairs of the whole step, so that summing the
             micro-batch gradients gives the gradient of the mean over all pairs.
+        differentiable: False for evaluation (no gradient will be taken).
 
     Returns:
         ``(loss, sums)``: loss a scalar float32 = sum_i loss_i / total_pairs; ``sums`` a dict of
         scalar sums over the B pairs for each key of :data:`METRIC_KEYS` (stop-gradient).
     """
-    stats = _statistics(model, batch, reference_model=reference_model, average_log_prob=average_log_prob)
+    stats = _statistics(model, batch, reference_model=reference_model, average_log_prob=average_log_prob,
+                        differentiable=differentiable)
     chosen, rejected = split_pairs(stats)
     out = preference_loss(chosen, rejected, loss_type, beta, alpha)
     per_pair = pair_metrics(chosen, rejected, out)
@@ -286,7 +294,7 @@ def evaluate(model, batches, *, prefix="eval_", **loss_kw) -> dict:
     sums, n = {}, 0
     try:
         for b in batches:
-            _, s = batch_loss(model, b, **loss_kw)
+            _, s = batch_loss(model, b, differentiable=False, **loss_kw)
             mx.eval(s)
             for k, v in s.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
@@ -402,9 +410,14 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
             eval_pairs = loaded_eval
     eval_pairs = list(eval_pairs or [])
     if config.grad_checkpoint:
-        from mlx_lm.tuner.trainer import grad_checkpoint
+        from . import stats as _stats
 
-        grad_checkpoint(model.layers[0])
+        if hasattr(_stats, "enable_grad_checkpoint"):
+            _stats.enable_grad_checkpoint(model)
+        else:
+            from mlx_lm.tuner.trainer import grad_checkpoint
+
+            grad_checkpoint(model.layers[0])
 
     loss_kw = dict(loss_type=config.loss, beta=config.beta, alpha=config.alpha, reference_model=reference,
                    average_log_prob=config.average_log_prob)
