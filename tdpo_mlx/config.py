@@ -47,7 +47,7 @@ class TrainConfig:
                                       "(bare names like q_proj match any block path; None = every linear layer)",
                                 nargs="+")
     dora: bool = _f(False, "train DoRA (weight-decomposed LoRA) instead of LoRA")
-    quantize: int | None = _f(None, "quantize the frozen base to 4 or 8 bits at load (QLoRA)", choices=(4, 8))
+    quantize: int | None = _f(None, "quantize the frozen base (and --ref-model) to 4 or 8 bits at load (QLoRA); saved adapters still load on the float base", choices=(4, 8))
     dtype: str | None = _f(None, "compute dtype (float32, bfloat16, float16); None = float32 on CPU, bfloat16 on GPU")
     grad_checkpoint: bool = _f(False, "recompute block activations in the backward pass (less memory, ~30%% slower)")
 

@@ -456,7 +456,7 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
 
     n_trainable = count_trainable(model)
     say(f"policy: {n_trainable:,} trainable parameters; {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs; "
-        f"{total} steps of {config.batch_size * config.grad_accum} pairs ({it.batches_per_epoch} batches/epoch)")
+        f"{total} steps x {config.batch_size * config.grad_accum} pair(s) ({it.batches_per_epoch} batches/epoch)")
 
     def log(record: dict) -> None:
         history.append(record)
