@@ -290,3 +290,47 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(model_dir, data, t
         np.testing.assert_array_equal(good[k], top[k])
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 2
+
+
+def test_separate_reference_model_equals_adapters_off(model_dir, data, tmp_path):
+    """--ref-model pointing at the same base weights gives exactly the adapters-off run."""
+    kw = dict(iters=3, eval_every=0, save_every=0, lora_dropout=0.0, lr_schedule="constant")
+    r1 = train(_cfg(model_dir, tmp_path / "off", **kw), train_pairs=data[0], eval_pairs=data[1])
+    r2 = train(_cfg(model_dir, tmp_path / "sep", ref_model=str(model_dir), **kw), train_pairs=data[0],
+               eval_pairs=data[1])
+    a, b = _adapters(tmp_path / "off" / "adapters.safetensors"), _adapters(tmp_path / "sep" / "adapters.safetensors")
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0)
+    assert abs(r1["eval_kl/rejected"] - r2["eval_kl/rejected"]) < 1e-5 and r1["eval_kl/rejected"] > 1e-4
+    cfg = json.loads((tmp_path / "sep" / "adapter_config.json").read_text())
+    assert cfg["tdpo"]["reference"] == str(model_dir)
+
+
+@pytest.mark.parametrize("dora,quantize", [(True, None), (False, 4), (True, 8)])
+def test_dora_and_qlora_training_smoke(model_dir, data, tmp_path, dora, quantize):
+    from mlx_lm import load
+
+    model, tok = _policy(model_dir, dora=dora, quantize=quantize)
+    base_before = {k: np.array(v) for k, v in tree_flatten(model.parameters())
+                   if not k.endswith(("lora_a", "lora_b", ".m"))}
+    out = tmp_path / "run"
+    records = []
+    res = train(_cfg(model_dir, out, iters=3, eval_every=0, save_every=0, lora_dropout=0.0, dora=dora,
+                     quantize=quantize, lr=1e-2), callback=records.append, model=model, tokenizer=tok,
+                train_pairs=data[0], eval_pairs=data[1])
+    first_eval = next(r for r in records if "eval_loss" in r)
+    assert first_eval["step"] == 0 and abs(first_eval["eval_loss"] - LN2) < 1e-5  # adapters start as identity
+    assert abs(first_eval["eval_kl/chosen"]) < 1e-5
+    assert res["eval_kl/chosen"] > 1e-4 and math.isfinite(res["eval_loss"])  # the policy moved
+    after = dict(tree_flatten(model.parameters()))
+    for k, v in base_before.items():  # quantized codes, scales and float base all untouched
+        np.testing.assert_array_equal(np.array(after[k]), v, err_msg=k)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["fine_tune_type"] == ("dora" if dora else "lora") and cfg["quantize"] == quantize
+    names = set(mx.load(str(out / "adapters.safetensors")))
+    assert any(n.endswith(".m") for n in names) == dora
+    if quantize is None:  # the float base + saved adapters reproduce the trained policy in mlx-lm
+        loaded, _ = load(str(model_dir), adapter_path=str(out))
+        model.eval()
+        x = mx.array([[1, 5, 9, 14, 20, 2]])
+        assert mx.allclose(loaded(x), model(x), atol=1e-5)
