@@ -480,6 +480,7 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
 
     def checkpoint() -> str:
         nonlocal last_ckpt
+        adapter_cfg["steps"] = step  # optimizer steps behind these adapters (read by the model card)
         save_adapters(out_dir, model, adapter_cfg)
         state = {"data": it.state_dict(), "epoch": epoch_pos(), "total_steps": total,
                  "rng": {"scheme": "mx.random.seed((seed * 1000003 + step) mod 2^32) before each step",

@@ -246,6 +246,12 @@ def test_saved_adapters_load_in_mlx_lm_with_same_logits(model_dir, full_run):
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["fine_tune_type"] == "lora" and cfg["lora_parameters"]["rank"] == 8
     assert cfg["tdpo"]["loss"] == "tdpo2" and cfg["tdpo"]["beta"] == 0.1 and cfg["base_model"] == str(model_dir)
+    assert cfg["steps"] == 8
+    from tdpo_mlx.export_card import training_info
+
+    info = training_info(out)  # what the exporter's model card reads
+    assert (info["method"], info["beta"], info["steps"], info["rank"]) == ("TDPO2", 0.1, 8, 8)
+    assert info["metrics"]["step"] == 8 and "eval_kl/chosen" in info["metrics"]
     loaded, _ = load(str(model_dir), adapter_path=str(out))
     model, _ = _policy(model_dir)
     model.load_weights(str(out / "adapters.safetensors"), strict=False)
