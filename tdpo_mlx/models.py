@@ -211,6 +211,7 @@ def load_policy(
     quantize: int | None = None,
     dtype=None,
     adapters: bool = True,
+    adapter_path: str | None = None,
 ):
     """Load a trainable policy: base model (frozen; quantized with ``quantize`` = QLoRA) + adapters.
 
@@ -222,13 +223,30 @@ def load_policy(
         dtype: compute dtype of the floating weights; None = float32 on the CPU backend,
             bfloat16 on Metal/CUDA (:func:`tdpo_mlx.backend.default_compute_dtype`).
         adapters: False returns the frozen base without adapters.
+        adapter_path: an mlx-lm adapter directory (``adapters.safetensors`` +
+            ``adapter_config.json``, e.g. a finished run's ``--adapter-path``): its adapters are
+            attached and loaded (mlx-lm's ``load_adapters``) instead of fresh ones; the
+            ``lora_*``/``dora`` arguments are then ignored.
 
     Returns:
         ``(model, tokenizer)``; ``model.adapter_config`` holds the mlx-lm adapter config dict
         (None without adapters). The reference policy is ``adapters_disabled(model)``.
     """
     m, tokenizer = _load_base(model, dtype, quantize)
-    if adapters:
+    if adapter_path is not None:
+        import json
+        from pathlib import Path
+
+        from mlx_lm.tuner.utils import load_adapters
+
+        cfg_file = Path(adapter_path) / "adapter_config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"no adapter_config.json in {adapter_path} (an mlx-lm adapter directory)")
+        full = json.loads(cfg_file.read_text(encoding="utf-8"))
+        m.freeze()
+        load_adapters(m, str(adapter_path))  # new LoRA factors are trainable, the base stays frozen
+        cfg = {k: full[k] for k in ("fine_tune_type", "num_layers", "lora_parameters") if k in full}
+    elif adapters:
         cfg = attach_adapters(
             m, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_scale=lora_scale, lora_dropout=lora_dropout,
             lora_layers=lora_layers, lora_keys=lora_keys, dora=dora,

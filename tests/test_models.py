@@ -144,3 +144,18 @@ def test_adapter_config_json_roundtrip(model_dir, tmp_path):
     loaded, _ = load(str(model_dir), adapter_path=str(tmp_path))
     model.eval()
     assert mx.allclose(loaded(TOKENS), model(TOKENS), atol=1e-5)
+
+
+def test_load_policy_with_adapter_path(model_dir, tmp_path):
+    from tdpo_mlx.checkpoint import save_adapters
+
+    model, _ = load_policy(str(model_dir), lora_keys=["q_proj", "v_proj"], lora_rank=4, dora=True)
+    _bump_lora_b(model, 0.02)
+    save_adapters(tmp_path, model, model.adapter_config)
+    again, _ = load_policy(str(model_dir), adapter_path=str(tmp_path), lora_rank=16)  # lora_* ignored
+    assert again.adapter_config == model.adapter_config
+    assert count_trainable(again) == count_trainable(model) == 4 * (64 * 4 + 4 * 64 + 64)
+    model.eval(), again.eval()
+    assert mx.allclose(again(TOKENS), model(TOKENS), atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_policy(str(model_dir), adapter_path=str(tmp_path / "nope"))
