@@ -328,3 +328,26 @@ def test_real_gemma_peft_export_names(gemma_dir, tmp_path):
     assert tensors["base_model.model.model.layers.14.self_attn.v_proj.lora_B.weight"].shape == (256, 8)
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert cfg["target_modules"] == ["q_proj", "v_proj"] and cfg["layers_to_transform"] == [14, 15, 16, 17]
+
+
+def test_requantizing_a_qlora_fuse_warns_per_layer(tmp_path, capsys):
+    """A small update fused into a 4-bit base and re-quantized on the same grid mostly rounds
+    back to the base codes: every adapted layer is named; the float export keeps it all."""
+    from tdpo_mlx.cli import main
+
+    q4 = make_model_dir(tmp_path / "q4", "llama", quantize=4)
+    ad = make_adapter(q4, tmp_path / "ad", num_layers=1)
+    cfg = json.loads((ad / "adapter_config.json").read_text())
+    cfg["lora_parameters"]["scale"] = 0.01
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.warns(ExportPrecisionWarning) as rec:
+        res = export(q4, ad, to="mlx", out=tmp_path / "rq", quantize=4, group_size=32)
+    assert len(res.warnings) == len(rec) == 7
+    assert sorted(w.split(":")[0] for w in res.warnings) == sorted(f"model.layers.2.{m}" for m in LINEARS)
+    assert all("the 4-bit export keeps only" in w for w in res.warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExportPrecisionWarning)
+        assert export(q4, ad, to="mlx", out=tmp_path / "f32").warnings == []
+    assert main(["export", "--model", str(q4), "--adapter-path", str(ad), "--to", "mlx", "--quantize", "4",
+                 "--q-group-size", "32", "--out", str(tmp_path / "cli")]) == 0
+    assert capsys.readouterr().err.count("warning: model.layers.2.") == 7
