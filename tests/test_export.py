@@ -9,7 +9,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from export_tiny import TEXT_IDS, make_adapter, make_model_dir, mlx_logits
+from export_tiny import make_adapter, make_model_dir, mlx_logits
 from safetensors import safe_open
 
 from tdpo_mlx import export_io
