@@ -133,6 +133,8 @@ def test_hf_export_of_quantized_base_is_fused_dequantized_hf_layout(tmp_path):
     ref = mlx_logits(model, adapter)
     assert np.abs(ref - mlx_logits(model)).max() > 0.1  # the adapter matters
     np.testing.assert_allclose(mlx_logits(tmp_path / "mlx"), ref, atol=1e-4)
+    # round trip: mlx-lm reads the HF-layout export back (its loader takes transformers checkpoints)
+    np.testing.assert_allclose(mlx_logits(tmp_path / "hf"), ref, atol=1e-4)
 
 
 def test_sharded_hf_export_has_consistent_index(llama, tmp_path):
