@@ -576,3 +576,23 @@ def test_resolve_model_path_reuses_complete_import(tmp_path, monkeypatch):
     p2 = gi.resolve_model_path("gemma3-270m")
     assert p1 == p2 == str(tmp_path / "cache" / "models" / "gemma3-270m")
     assert calls == ["gemma3-270m"]
+
+
+def test_cli_import_gguf(tmp_path, capsys):
+    from tdpo_mlx.cli import main
+
+    rng = np.random.default_rng(6)
+    hf = random_llama_hf(rng, len(sentencepiece_vocab()[0]))
+    src = tmp_path / "m.gguf"
+    write_llama_like(src, "llama", hf, {"default": Q.Q8_0})
+    out = tmp_path / "cli-out"
+    assert main(["import-gguf", str(src), "--out", str(out), "--dtype", "bfloat16"]) == 0
+    assert "imported" in capsys.readouterr().out
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["torch_dtype"] == "bfloat16" and gi.is_complete_import(out)
+    import mlx.core as mx
+
+    assert mx.load(str(out / "model.safetensors"))["model.norm.weight"].dtype == mx.bfloat16
+    # existing output without --force: error exit, message names the fix
+    assert main(["import-gguf", str(src), "--out", str(out)]) == 1
+    assert "--force" in capsys.readouterr().err
