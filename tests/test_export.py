@@ -95,7 +95,7 @@ def test_unsupported_mappings_raise_clear_errors(llama, tmp_path):
     with pytest.raises(UnsupportedExportError, match="mixtral"):
         check_supported("mixtral")
     emb = make_adapter(model, tmp_path / "emb", num_layers=3, keys=["self_attn.q_proj", "model.embed_tokens"], dora=True)
-    with pytest.raises(UnsupportedExportError, match="model.embed_tokens: DoRAEmbedding adapters on embeddings"):
+    with pytest.raises(UnsupportedExportError, match="model.embed_tokens: DoRAEmbedding adapters on embeddings have no PEFT form"):
         export(model, emb, to="peft", out=tmp_path / "peft")
     assert not (tmp_path / "peft").exists()
     # the fused export has a safe form: equal logits to the adapter in MLX
@@ -353,3 +353,20 @@ def test_requantizing_a_qlora_fuse_warns_per_layer(tmp_path, capsys):
     assert main(["export", "--model", str(q4), "--adapter-path", str(ad), "--to", "mlx", "--quantize", "4",
                  "--q-group-size", "32", "--out", str(tmp_path / "cli")]) == 0
     assert capsys.readouterr().err.count("warning: model.layers.2.") == 7
+
+
+def test_peft_embedding_lora_keys_and_tied_error(tmp_path):
+    llama = make_model_dir(tmp_path / "llama", "llama")
+    ad = make_adapter(llama, tmp_path / "ad", num_layers=3, keys=["self_attn.q_proj", "model.embed_tokens"])
+    export(llama, ad, to="peft", out=tmp_path / "peft")
+    _, tensors = _tensors(tmp_path / "peft" / "adapter_model.safetensors")
+    _, adapter = _tensors(ad / "adapters.safetensors")
+    np.testing.assert_array_equal(tensors["base_model.model.model.embed_tokens.lora_embedding_A"],
+                                  adapter["model.embed_tokens.lora_a"].T)  # (r, vocab)
+    assert tensors["base_model.model.model.embed_tokens.lora_embedding_B"].shape == (64, 4)  # (dims, r)
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert cfg["target_modules"] == ["embed_tokens", "q_proj"] and cfg["layers_to_transform"] is None
+    qwen = make_model_dir(tmp_path / "qwen", "qwen2")  # tied embeddings
+    ad = make_adapter(qwen, tmp_path / "ad2", num_layers=3, keys=["self_attn.q_proj", "model.embed_tokens"])
+    with pytest.raises(UnsupportedExportError, match="tied embedding also changes the output head"):
+        export(qwen, ad, to="peft", out=tmp_path / "p2")

@@ -68,3 +68,12 @@ def test_bf16_hf_export_loads_as_bf16_in_transformers(tmp_path):
     ref = check_export.mlx_logits(model, adapter, TEXT_IDS)
     got = check_export.torch_logits(hf, TEXT_IDS)
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()  # bf16 weights and compute
+
+
+def test_peft_embedding_lora_untied_llama(tmp_path):
+    model = make_model_dir(tmp_path / "base", "llama")  # untied embeddings
+    adapter = make_adapter(model, tmp_path / "ad", num_layers=3, keys=["self_attn.q_proj", "model.embed_tokens"])
+    res = check_export.run_checks(model, adapter, tmp_path / "work", TEXT_IDS)
+    assert res["adapter_effect"] > 0.5
+    assert res["peft_missing"] == [] and res["peft_unexpected"] == [] and res["peft_tensor_diff"] == 0.0
+    assert res["peft"] < TOL and res["hf"] < TOL, res
