@@ -8,7 +8,8 @@ Exports ``--model`` + ``--adapter-path`` as (1) the dequantized base in HF layou
 * ``base``: transformers base vs MLX base (the frameworks' own floor, no adapter involved);
 * ``peft``: PEFT-loaded adapter vs MLX with the adapter;
 * ``hf``: fused transformers model vs MLX with the adapter;
-* ``base_unaligned``: like ``base`` without aligning Gemma's embedding scale (see ``hf_model``).
+* ``base_unaligned`` (Gemma): like ``base`` without aligning the embedding scale (see
+  ``align_embed_scale``).
 
 Needs the interop extra (``pip install torch==2.13.0 peft``); the package itself never imports
 torch. Usage::
@@ -50,24 +51,33 @@ def mlx_logits(model_dir, adapter_path, ids) -> np.ndarray:
     return np.array(model(mx.array([list(ids)]))[0].astype(mx.float32))
 
 
-def hf_model(path, align_embed_scale: bool = True):
-    """transformers model from ``path`` in float32 (eager attention).
+def align_embed_scale(model) -> bool:
+    """Round Gemma's embedding scale sqrt(hidden_size) to bfloat16 as mlx-lm computes it
+    (``mx.array(hidden_size**0.5, mx.bfloat16)``; transformers keeps the float32 value for
+    float32 weights). The two differ unless sqrt(hidden_size) is a bfloat16 number (Gemma 3 270M:
+    25.2982 vs 25.25): a framework difference unrelated to the export. Returns whether the model
+    has such a scale."""
+    import torch
 
-    With ``align_embed_scale``, Gemma's embedding scale sqrt(hidden_size) is rounded to bfloat16
-    as mlx-lm computes it (``mx.array(hidden_size**0.5, mx.bfloat16)``; transformers uses the
-    float32 value for float32 weights). The two differ unless sqrt(hidden_size) is a bfloat16
-    number (Gemma 3 270M: 25.2982 vs 25.25), a framework difference unrelated to the export.
-    """
+    emb = model.get_input_embeddings()
+    if not hasattr(emb, "embed_scale"):
+        return False
+    value = torch.tensor(model.config.hidden_size**0.5, dtype=torch.bfloat16).float().item()
+    emb.embed_scale.fill_(value)
+    if hasattr(emb, "scalar_embed_scale"):
+        emb.scalar_embed_scale = value
+    return True
+
+
+def hf_model(path, align: bool = True):
+    """transformers model from ``path`` in float32 (eager attention), Gemma's embedding scale
+    aligned with mlx-lm's when ``align`` (:func:`align_embed_scale`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
-    emb = model.get_input_embeddings()
-    if align_embed_scale and hasattr(emb, "embed_scale"):
-        value = torch.tensor(model.config.hidden_size**0.5, dtype=torch.bfloat16).float()
-        emb.embed_scale.fill_(value.item())
-        if hasattr(emb, "scalar_embed_scale"):
-            emb.scalar_embed_scale = value.item()
+    if align:
+        align_embed_scale(model)
     return model.eval()
 
 
@@ -88,7 +98,10 @@ def peft_model(base_hf_dir, peft_dir):
     from safetensors.numpy import load_file
 
     model = PeftModel.from_pretrained(hf_model(base_hf_dir), str(peft_dir)).eval()
-    expected = {k: v.detach().float().numpy() for k, v in get_peft_model_state_dict(model).items()}
+    # the adapter's own tensors (not a copy of the base embedding matrix PEFT may add when an
+    # embedding is targeted: loading never needs it)
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    expected = {k: v.detach().float().numpy() for k, v in state.items()}
     saved = load_file(str(Path(peft_dir) / "adapter_model.safetensors"))
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
@@ -112,10 +125,11 @@ def run_checks(model, adapter_path, work, ids, base_model_name=None) -> dict:
         "max_abs_logit": float(np.abs(ref).max()),
         "adapter_effect": float(np.abs(ref - ref_base).max()),
     }
-    res["base"] = float(np.abs(torch_logits(hf_model(work / "base_hf"), ids) - ref_base).max())
-    res["base_unaligned"] = float(
-        np.abs(torch_logits(hf_model(work / "base_hf", align_embed_scale=False), ids) - ref_base).max()
-    )
+    base = hf_model(work / "base_hf", align=False)
+    unaligned = torch_logits(base, ids)
+    if align_embed_scale(base):
+        res["base_unaligned"] = float(np.abs(unaligned - ref_base).max())
+    res["base"] = float(np.abs(torch_logits(base, ids) - ref_base).max())
     pm, missing, unexpected, tdiff = peft_model(work / "base_hf", work / "peft")
     res["peft"] = float(np.abs(torch_logits(pm, ids) - ref).max())
     res["peft_missing"], res["peft_unexpected"], res["peft_tensor_diff"] = missing, unexpected, tdiff

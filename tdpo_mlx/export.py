@@ -160,6 +160,41 @@ def _base_model_name(explicit, info: dict, raw_config: dict, model) -> tuple[str
     return name, None
 
 
+def fuse_for_export(model, dtype, quantize: int | None = None, group_size: int = 64):
+    """Fuse ``model``'s adapters in float32 into its dequantized base, optionally re-quantize,
+    and cast the float parameters to ``dtype``.
+
+    Returns:
+        (model, quantization, warnings): ``quantization`` is mlx-lm's ``{"group_size", "bits",
+        "mode"}`` when re-quantized, else None; ``warnings`` the
+        :class:`~tdpo_mlx.export_fuse.ExportPrecisionWarning` messages issued for layers whose
+        update the dtype or the re-quantization does not keep (case A2).
+    """
+    import mlx.core as mx
+
+    check = dtype != mx.float32 or quantize is not None
+    fused = fuse_float32(model, keep_base=check)
+    dequantize_float32(model)
+    losses = []
+    quantization = None
+    if quantize is not None:
+        qr = quant_rounder(group_size, quantize)
+        losses += rounding_losses(model, fused, qr, f"{quantize}-bit")
+        if dtype != mx.float32:  # layers that stay unquantized are rounded to dtype
+            dr = dtype_rounder(dtype)
+            losses += rounding_losses(model, fused, lambda x: None if qr(x) is not None else dr(x), dtype_name(dtype))
+        from mlx_lm.utils import quantize_model
+
+        model, qcfg = quantize_model(model, {}, group_size=group_size, bits=quantize)
+        quantization = qcfg["quantization"]
+    elif dtype != mx.float32:
+        losses += rounding_losses(model, fused, dtype_rounder(dtype), dtype_name(dtype))
+    fused.base_weights.clear()
+    messages = warn_losses(losses)
+    cast_floats(model, dtype)
+    return model, quantization, messages
+
+
 def export(
     model: str | Path,
     adapter_path: str | Path | None = None,
@@ -200,8 +235,6 @@ def export(
         UnsupportedExportError: no safe Hugging Face mapping for the architecture or adapter.
         FileNotFoundError: model or adapter directory incomplete; FileExistsError: ``out`` not empty.
     """
-    import mlx.core as mx
-
     from .export_hf import write_hf, write_mlx
     from .export_peft import write_peft
 
@@ -212,7 +245,7 @@ def export(
     if quantize is not None and to != "mlx":
         raise ValueError("--quantize applies to --to mlx only (Hugging Face exports are dequantized)")
     if quantize is not None and quantize not in (2, 3, 4, 5, 6, 8):
-        raise ValueError(f"--quantize {quantize}: choose 4 or 8 (mlx-lm affine bits)")
+        raise ValueError(f"--quantize {quantize}: choose 2, 3, 4, 5, 6 or 8 bits (mlx-lm affine)")
     want_dtype = _parse_dtype(dtype)
     max_bytes = export_io.parse_size(max_shard_size)
 
@@ -237,28 +270,8 @@ def export(
             saved = dtype_name(want_dtype) if want_dtype is not None else None
         else:
             dt = want_dtype or float_dtype_of(mlx_model)
-            check = dt != mx.float32 or quantize is not None
-            fused = fuse_float32(mlx_model, keep_base=check)
-            dequantize_float32(mlx_model)
-            losses = []
-            quantization = None
-            if quantize is not None:
-                qr = quant_rounder(group_size, quantize)
-                losses += rounding_losses(mlx_model, fused, qr, f"{quantize}-bit")
-                if dt != mx.float32:
-                    dr = dtype_rounder(dt)
-                    losses += rounding_losses(
-                        mlx_model, fused, lambda x: None if qr(x) is not None else dr(x), dtype_name(dt)
-                    )
-                from mlx_lm.utils import quantize_model
-
-                mlx_model, qcfg = quantize_model(mlx_model, {}, group_size=group_size, bits=quantize)
-                quantization = qcfg["quantization"]
-            elif dt != mx.float32:
-                losses += rounding_losses(mlx_model, fused, dtype_rounder(dt), dtype_name(dt))
-            fused.base_weights.clear()
-            issued += warn_losses(losses)
-            cast_floats(mlx_model, dt)
+            mlx_model, quantization, lost = fuse_for_export(mlx_model, dt, quantize, group_size)
+            issued += lost
             if to == "hf":
                 files = write_hf(tmp, mlx_model, model_type, raw_config, model_dir, dt, max_bytes)
             else:

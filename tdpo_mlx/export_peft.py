@@ -39,37 +39,58 @@ def adapter_tensors(model: nn.Module, model_type: str, dtype: mx.Dtype | None = 
         (tensors, modules): ``tensors`` maps PEFT key -> MLX array (``dtype`` or the adapter's
         own); ``modules`` maps HF module path -> ``{"rank", "scale", "dora"}``.
 
+    Embedding LoRA (untied, unscaled embeddings only) maps to ``lora_embedding_A`` = a^T
+    (r, num_embeddings) and ``lora_embedding_B`` = b^T (dims, r).
+
     Raises:
-        UnsupportedExportError: an embedding adapter (PEFT's embedding LoRA does not reproduce
-            mlx-lm's for tied or scaled embeddings; DoRA embeddings have no PEFT form), a stacked
-            mixture-of-experts adapter, or an architecture without a verified name mapping.
+        UnsupportedExportError: an embedding adapter PEFT would not reproduce (DoRA; tied
+            embeddings, where mlx-lm's LoRA also changes the output head; Gemma's scaled
+            embeddings), a stacked mixture-of-experts adapter, or an architecture without a
+            verified name mapping.
     """
     tensors: dict = {}
     modules: dict = {}
+    tied = "lm_head" not in model or bool(getattr(model, "tie_word_embeddings", False))
     for name, m in model.named_modules():
         if not is_adapter(m):
             continue
         kind = type(m).__name__
-        if hasattr(m, "embedding"):
-            raise UnsupportedExportError(
-                f"{name}: {kind} adapters on embeddings have no safe PEFT mapping "
-                "(DoRA embeddings have no PEFT form; LoRA embeddings differ for tied or scaled "
-                "embeddings). Export the fused model with --to hf instead"
-            )
         if kind == "LoRASwitchLinear":
             raise UnsupportedExportError(f"{name}: stacked mixture-of-experts LoRA has no PEFT mapping")
         path = hf_name(model_type, name)
         a, b = m.lora_a, m.lora_b
         dt = dtype or a.dtype
-        tensors[f"{PEFT_PREFIX}{path}.lora_A.weight"] = a.T.astype(dt)
-        tensors[f"{PEFT_PREFIX}{path}.lora_B.weight"] = b.T.astype(dt)
         dora = "m" in m
-        if dora:
-            tensors[f"{PEFT_PREFIX}{path}.lora_magnitude_vector"] = m.m.astype(dt)
+        if hasattr(m, "embedding"):
+            _check_embedding_adapter(name, kind, dora, tied, model_type)
+            # PEFT Embedding: E[x] + (lora_embedding_A^T[x] @ lora_embedding_B^T) * scaling
+            tensors[f"{PEFT_PREFIX}{path}.lora_embedding_A"] = a.T.astype(dt)  # (r, num_embeddings)
+            tensors[f"{PEFT_PREFIX}{path}.lora_embedding_B"] = b.T.astype(dt)  # (dims, r)
+        else:
+            tensors[f"{PEFT_PREFIX}{path}.lora_A.weight"] = a.T.astype(dt)
+            tensors[f"{PEFT_PREFIX}{path}.lora_B.weight"] = b.T.astype(dt)
+            if dora:
+                tensors[f"{PEFT_PREFIX}{path}.lora_magnitude_vector"] = m.m.astype(dt)
         modules[path] = {"rank": int(a.shape[1]), "scale": float(m.scale), "dora": dora}
     if not modules:
         raise ValueError("the model carries no LoRA/DoRA adapter: nothing to export as PEFT")
     return tensors, modules
+
+
+def _check_embedding_adapter(name: str, kind: str, dora: bool, tied: bool, model_type: str) -> None:
+    """Raise where PEFT's embedding LoRA would not compute what mlx-lm's does."""
+    fix = "Export the fused model with --to hf instead"
+    if dora:
+        raise UnsupportedExportError(f"{name}: {kind} adapters on embeddings have no PEFT form. {fix}")
+    if tied:
+        raise UnsupportedExportError(
+            f"{name}: LoRA on a tied embedding also changes the output head in mlx-lm, not in PEFT. {fix}"
+        )
+    if model_type.startswith("gemma"):
+        raise UnsupportedExportError(
+            f"{name}: Gemma scales embeddings by sqrt(hidden_size) after the lookup; mlx-lm scales the "
+            f"LoRA term too, PEFT does not. {fix}"
+        )
 
 
 def linear_module_names(model: nn.Module, model_type: str) -> list[str]:

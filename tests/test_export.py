@@ -9,7 +9,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from export_tiny import TEXT_IDS, make_adapter, make_model_dir, mlx_logits
+from export_tiny import make_adapter, make_model_dir, mlx_logits
 from safetensors import safe_open
 
 from tdpo_mlx import export_io
@@ -95,7 +95,7 @@ def test_unsupported_mappings_raise_clear_errors(llama, tmp_path):
     with pytest.raises(UnsupportedExportError, match="mixtral"):
         check_supported("mixtral")
     emb = make_adapter(model, tmp_path / "emb", num_layers=3, keys=["self_attn.q_proj", "model.embed_tokens"], dora=True)
-    with pytest.raises(UnsupportedExportError, match="model.embed_tokens: DoRAEmbedding adapters on embeddings"):
+    with pytest.raises(UnsupportedExportError, match="model.embed_tokens: DoRAEmbedding adapters on embeddings have no PEFT form"):
         export(model, emb, to="peft", out=tmp_path / "peft")
     assert not (tmp_path / "peft").exists()
     # the fused export has a safe form: equal logits to the adapter in MLX
@@ -133,6 +133,8 @@ def test_hf_export_of_quantized_base_is_fused_dequantized_hf_layout(tmp_path):
     ref = mlx_logits(model, adapter)
     assert np.abs(ref - mlx_logits(model)).max() > 0.1  # the adapter matters
     np.testing.assert_allclose(mlx_logits(tmp_path / "mlx"), ref, atol=1e-4)
+    # round trip: mlx-lm reads the HF-layout export back (its loader takes transformers checkpoints)
+    np.testing.assert_allclose(mlx_logits(tmp_path / "hf"), ref, atol=1e-4)
 
 
 def test_sharded_hf_export_has_consistent_index(llama, tmp_path):
@@ -328,3 +330,43 @@ def test_real_gemma_peft_export_names(gemma_dir, tmp_path):
     assert tensors["base_model.model.model.layers.14.self_attn.v_proj.lora_B.weight"].shape == (256, 8)
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert cfg["target_modules"] == ["q_proj", "v_proj"] and cfg["layers_to_transform"] == [14, 15, 16, 17]
+
+
+def test_requantizing_a_qlora_fuse_warns_per_layer(tmp_path, capsys):
+    """A small update fused into a 4-bit base and re-quantized on the same grid mostly rounds
+    back to the base codes: every adapted layer is named; the float export keeps it all."""
+    from tdpo_mlx.cli import main
+
+    q4 = make_model_dir(tmp_path / "q4", "llama", quantize=4)
+    ad = make_adapter(q4, tmp_path / "ad", num_layers=1)
+    cfg = json.loads((ad / "adapter_config.json").read_text())
+    cfg["lora_parameters"]["scale"] = 0.01
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.warns(ExportPrecisionWarning) as rec:
+        res = export(q4, ad, to="mlx", out=tmp_path / "rq", quantize=4, group_size=32)
+    assert len(res.warnings) == len(rec) == 7
+    assert sorted(w.split(":")[0] for w in res.warnings) == sorted(f"model.layers.2.{m}" for m in LINEARS)
+    assert all("the 4-bit export keeps only" in w for w in res.warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExportPrecisionWarning)
+        assert export(q4, ad, to="mlx", out=tmp_path / "f32").warnings == []
+    assert main(["export", "--model", str(q4), "--adapter-path", str(ad), "--to", "mlx", "--quantize", "4",
+                 "--q-group-size", "32", "--out", str(tmp_path / "cli")]) == 0
+    assert capsys.readouterr().err.count("warning: model.layers.2.") == 7
+
+
+def test_peft_embedding_lora_keys_and_tied_error(tmp_path):
+    llama = make_model_dir(tmp_path / "llama", "llama")
+    ad = make_adapter(llama, tmp_path / "ad", num_layers=3, keys=["self_attn.q_proj", "model.embed_tokens"])
+    export(llama, ad, to="peft", out=tmp_path / "peft")
+    _, tensors = _tensors(tmp_path / "peft" / "adapter_model.safetensors")
+    _, adapter = _tensors(ad / "adapters.safetensors")
+    np.testing.assert_array_equal(tensors["base_model.model.model.embed_tokens.lora_embedding_A"],
+                                  adapter["model.embed_tokens.lora_a"].T)  # (r, vocab)
+    assert tensors["base_model.model.model.embed_tokens.lora_embedding_B"].shape == (64, 4)  # (dims, r)
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert cfg["target_modules"] == ["embed_tokens", "q_proj"] and cfg["layers_to_transform"] is None
+    qwen = make_model_dir(tmp_path / "qwen", "qwen2")  # tied embeddings
+    ad = make_adapter(qwen, tmp_path / "ad2", num_layers=3, keys=["self_attn.q_proj", "model.embed_tokens"])
+    with pytest.raises(UnsupportedExportError, match="tied embedding also changes the output head"):
+        export(qwen, ad, to="peft", out=tmp_path / "p2")

@@ -2,7 +2,6 @@
 and the export says where its dtype or re-quantization loses the update."""
 
 import json
-import warnings
 
 import mlx.core as mx
 import mlx.nn as nn

@@ -52,3 +52,28 @@ def test_peft_and_fused_hf_logits_equal_mlx(arch, kind, opts, tmp_path):
     assert res["base"] < TOL, res
     assert res["peft"] < TOL, res
     assert res["hf"] < TOL, res
+
+
+def test_bf16_hf_export_loads_as_bf16_in_transformers(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tdpo_mlx.export import export
+
+    model = make_model_dir(tmp_path / "base", "llama")
+    adapter = make_adapter(model, tmp_path / "ad", num_layers=2)
+    export(model, adapter, to="hf", out=tmp_path / "hf", dtype="bfloat16")
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype="auto").eval()
+    assert hf.dtype == torch.bfloat16 and hf.model.layers[2].self_attn.q_proj.weight.dtype == torch.bfloat16
+    ref = check_export.mlx_logits(model, adapter, TEXT_IDS)
+    got = check_export.torch_logits(hf, TEXT_IDS)
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()  # bf16 weights and compute
+
+
+def test_peft_embedding_lora_untied_llama(tmp_path):
+    model = make_model_dir(tmp_path / "base", "llama")  # untied embeddings
+    adapter = make_adapter(model, tmp_path / "ad", num_layers=3, keys=["self_attn.q_proj", "model.embed_tokens"])
+    res = check_export.run_checks(model, adapter, tmp_path / "work", TEXT_IDS)
+    assert res["adapter_effect"] > 0.5
+    assert res["peft_missing"] == [] and res["peft_unexpected"] == [] and res["peft_tensor_diff"] == 0.0
+    assert res["peft"] < TOL and res["hf"] < TOL, res

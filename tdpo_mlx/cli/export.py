@@ -69,8 +69,10 @@ def run(args) -> int:
         except (UnsupportedExportError, FileNotFoundError, FileExistsError, ValueError) as e:
             print(f"tdpo-mlx export: error: {e}", file=sys.stderr)
             return 2
-    for w in result.warnings:
+    for w in result.warnings[:10]:
         print(f"warning: {w}", file=sys.stderr)
+    if len(result.warnings) > 10:
+        print(f"warning: ... and {len(result.warnings) - 10} more (all listed in {result.out}/README.md)", file=sys.stderr)
     print(f"wrote {result.to} export to {result.out}" + (f" ({result.dtype})" if result.dtype else ""))
     print(f"  adapted modules: {len(result.adapted_modules)}; files: {', '.join(result.files)}")
     if result.hub_url:
