@@ -500,6 +500,13 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
             stop["flag"] = True
         old_handler = signal.signal(signal.SIGINT, handler)
 
+    # Warm-up on a 1-pair, 2-token batch in eval mode: one-time setup inside the statistics
+    # (e.g. the fast path's numerical check of the LM-head plan) then runs without dropout and
+    # before the per-step RNG reseeding, so fresh and resumed runs draw identical dropout masks.
+    p0 = train_pairs[0]
+    warm = make_batch([type(p0)(p0.prompt_ids[:1], p0.chosen_ids[:1], p0.rejected_ids[:1])], pad_id)
+    model.eval()
+    mx.eval(batch_loss(model, warm, differentiable=False, **loss_kw))
     model.train()
     if step == 0:
         run_eval()
