@@ -40,3 +40,235 @@ def adapters_disabled(model: nn.Module):
         yield model
     finally:
         model.update_modules(tree_unflatten(wrappers))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a policy: base model (optionally quantized, QLoRA) + mlx-lm LoRA/DoRA adapters.
+# --------------------------------------------------------------------------------------------
+
+QUANT_GROUP_SIZE = 64
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A local mlx-lm model directory (or hub id) for ``name_or_path``.
+
+    Named sources such as ``gemma3-270m`` are resolved by
+    :func:`tdpo_mlx.gguf_import.resolve_model_path` (imported lazily; when that module is not
+    installed the argument is returned unchanged).
+    """
+    try:
+        from .gguf_import import resolve_model_path
+    except ImportError:
+        return str(name_or_path)
+    return str(resolve_model_path(str(name_or_path)))
+
+
+def parse_dtype(dtype):
+    """``None`` -> the backend's compute dtype (float32 on CPU); a name or an mx.Dtype -> mx.Dtype.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    import mlx.core as mx
+
+    if dtype is None:
+        try:
+            from .backend import default_compute_dtype
+        except ImportError:  # pragma: no cover - backend always present in the package
+            return mx.float32
+        return default_compute_dtype()
+    if isinstance(dtype, mx.Dtype):
+        return dtype
+    names = {"float32": mx.float32, "fp32": mx.float32, "bfloat16": mx.bfloat16, "bf16": mx.bfloat16,
+             "float16": mx.float16, "fp16": mx.float16}
+    try:
+        return names[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16") from None
+
+
+def _load_base(path: str, dtype, quantize):
+    """mlx-lm model + tokenizer with floating weights cast to ``dtype`` and, optionally, the
+    linear and embedding weights quantized to ``quantize`` bits (group size 64)."""
+    import mlx.core as mx
+    from mlx_lm import load as mlx_load
+
+    model, tokenizer = mlx_load(resolve_model(path))
+    dtype = parse_dtype(dtype)
+    model.set_dtype(dtype)  # floating parameters only; quantized codes stay integer
+    if quantize is not None:
+        bits = int(quantize)
+        if bits not in (4, 8):
+            raise ValueError(f"quantize must be 4 or 8 bits, got {quantize!r}")
+
+        def predicate(_path, m):
+            return type(m) in (nn.Linear, nn.Embedding) and m.weight.shape[-1] % QUANT_GROUP_SIZE == 0
+
+        nn.quantize(model, group_size=QUANT_GROUP_SIZE, bits=bits, class_predicate=predicate)
+    mx.eval(model.parameters())
+    return model, tokenizer
+
+
+def block_linear_keys(model: nn.Module) -> list[str]:
+    """Module paths inside each transformer block (``model.layers[i]``) that LoRA can wrap
+    (linear, quantized linear, mixture-of-experts switch layers), sorted, e.g.
+    ``['mlp.down_proj', ..., 'self_attn.v_proj']``."""
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
+
+    types = (nn.Linear, nn.QuantizedLinear, SwitchLinear, QuantizedSwitchLinear)
+    keys = set()
+    for layer in model.layers:
+        for p, m in layer.named_modules():
+            if p and (isinstance(m, types) or hasattr(m, "to_lora")):
+                keys.add(p)
+    return sorted(keys)
+
+
+def resolve_lora_keys(model: nn.Module, keys) -> list[str]:
+    """Expand user keys into block-relative module paths.
+
+    ``None`` -> every linear layer of each block. Full paths (``self_attn.q_proj``) are kept;
+    a bare name (``q_proj``) matches every path ending in it. Keys may also be one
+    comma-separated string.
+
+    Raises:
+        ValueError: a key matches no module (the message lists the available ones).
+    """
+    available = block_linear_keys(model)
+    if keys is None:
+        return available
+    if isinstance(keys, str):
+        keys = [keys]
+    wanted = [k.strip() for key in keys for k in str(key).split(",") if k.strip()]
+    out: list[str] = []
+    for k in wanted:
+        hits = [a for a in available if a == k or a.endswith("." + k)]
+        if not hits:
+            raise ValueError(
+                f"LoRA key {k!r} matches no linear layer in the model's blocks; available: {', '.join(available)}"
+            )
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+def attach_adapters(
+    model: nn.Module,
+    *,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    lora_scale: float | None = None,
+    lora_dropout: float = 0.0,
+    lora_layers: int = -1,
+    lora_keys=None,
+    dora: bool = False,
+) -> dict:
+    """Freeze ``model`` and wrap the chosen linear layers with mlx-lm LoRA (or DoRA) layers.
+
+    Uses :func:`mlx_lm.tuner.utils.linear_to_lora_layers`; LoRA factors are the only trainable
+    parameters afterwards (and DoRA's magnitude ``m``).
+
+    Args:
+        lora_rank: r. lora_alpha: scale = alpha / r unless ``lora_scale`` is given.
+        lora_dropout: dropout on the adapter input (training mode only).
+        lora_layers: -1 = every block, N = the last N blocks.
+        lora_keys: block-relative module paths (see :func:`resolve_lora_keys`).
+        dora: weight-decomposed LoRA (Liu et al., 2024).
+
+    Returns:
+        The mlx-lm adapter config: ``{"fine_tune_type", "num_layers", "lora_parameters":
+        {"rank", "scale", "dropout", "keys"}}`` as written to ``adapter_config.json``.
+
+    Raises:
+        ValueError: bad rank, layer count or key.
+    """
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    n_blocks = len(model.layers)
+    if lora_rank < 1:
+        raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
+    if lora_layers == 0 or lora_layers < -1 or lora_layers > n_blocks:
+        raise ValueError(f"lora_layers must be -1 (all) or 1..{n_blocks} for this model, got {lora_layers}")
+    keys = resolve_lora_keys(model, lora_keys)
+    scale = float(lora_scale) if lora_scale is not None else float(lora_alpha) / float(lora_rank)
+    params = {"rank": int(lora_rank), "scale": scale, "dropout": float(lora_dropout), "keys": keys}
+    model.freeze()
+    linear_to_lora_layers(model, int(lora_layers), params, use_dora=bool(dora))
+    if not adapter_modules(model):
+        raise ValueError(f"no LoRA layer was attached (keys {keys}, layers {lora_layers})")
+    return {"fine_tune_type": "dora" if dora else "lora", "num_layers": int(lora_layers), "lora_parameters": params}
+
+
+def load_policy(
+    model: str,
+    *,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    lora_scale: float | None = None,
+    lora_dropout: float = 0.0,
+    lora_layers: int = -1,
+    lora_keys=None,
+    dora: bool = False,
+    quantize: int | None = None,
+    dtype=None,
+    adapters: bool = True,
+    adapter_path: str | None = None,
+):
+    """Load a trainable policy: base model (frozen; quantized with ``quantize`` = QLoRA) + adapters.
+
+    Args:
+        model: mlx-lm model directory, hub id, or named source (``gemma3-270m``).
+        lora_*, dora: see :func:`attach_adapters`.
+        quantize: None, 4 or 8: quantize the frozen base's linear/embedding weights at load
+            (mlx ``nn.quantize``, affine, group size 64).
+        dtype: compute dtype of the floating weights; None = float32 on the CPU backend,
+            bfloat16 on Metal/CUDA (:func:`tdpo_mlx.backend.default_compute_dtype`).
+        adapters: False returns the frozen base without adapters.
+        adapter_path: an mlx-lm adapter directory (``adapters.safetensors`` +
+            ``adapter_config.json``, e.g. a finished run's ``--adapter-path``): its adapters are
+            attached and loaded (mlx-lm's ``load_adapters``) instead of fresh ones; the
+            ``lora_*``/``dora`` arguments are then ignored.
+
+    Returns:
+        ``(model, tokenizer)``; ``model.adapter_config`` holds the mlx-lm adapter config dict
+        (None without adapters). The reference policy is ``adapters_disabled(model)``.
+    """
+    m, tokenizer = _load_base(model, dtype, quantize)
+    if adapter_path is not None:
+        import json
+        from pathlib import Path
+
+        from mlx_lm.tuner.utils import load_adapters
+
+        cfg_file = Path(adapter_path) / "adapter_config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"no adapter_config.json in {adapter_path} (an mlx-lm adapter directory)")
+        full = json.loads(cfg_file.read_text(encoding="utf-8"))
+        m.freeze()
+        load_adapters(m, str(adapter_path))  # new LoRA factors are trainable, the base stays frozen
+        cfg = {k: full[k] for k in ("fine_tune_type", "num_layers", "lora_parameters") if k in full}
+    elif adapters:
+        cfg = attach_adapters(
+            m, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_scale=lora_scale, lora_dropout=lora_dropout,
+            lora_layers=lora_layers, lora_keys=lora_keys, dora=dora,
+        )
+    else:
+        m.freeze()
+        cfg = None
+    # a plain attribute (not a child in the parameter tree: Module.__setattr__ would store dicts there)
+    object.__setattr__(m, "adapter_config", cfg)
+    return m, tokenizer
+
+
+def load_reference(model: str, *, quantize: int | None = None, dtype=None) -> nn.Module:
+    """A separate frozen reference model (``--ref-model``), in eval mode, no trainable parameters."""
+    m, _ = _load_base(model, dtype, quantize)
+    m.freeze()
+    m.eval()
+    return m
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of trainable scalars (LoRA factors and DoRA magnitudes)."""
+    from mlx.utils import tree_flatten
+
+    return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))

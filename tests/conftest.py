@@ -6,7 +6,8 @@ import pytest
 import tdpo_mlx  # noqa: F401  (loads the optimized BLAS before mlx.core)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# ../shared beside the checkout; TDPO_MLX_SHARED points elsewhere (e.g. from a git worktree)
+SHARED = pathlib.Path(os.environ.get("TDPO_MLX_SHARED", ROOT.parent / "shared"))
 HH_FILE = SHARED / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
 

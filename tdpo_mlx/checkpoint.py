@@ -1,0 +1,191 @@
+"""Atomic files, mlx-lm adapter files and full training checkpoints.
+
+Layout of an adapter directory (``--adapter-path``)::
+
+    adapters.safetensors        LoRA/DoRA tensors, mlx-lm names (…lora_a, …lora_b, …m)
+    adapter_config.json         mlx-lm keys (fine_tune_type, num_layers, lora_parameters) + ours
+    metrics.jsonl               one JSON record per logged step (train and eval_ records)
+    checkpoints/step-0000004/   a full checkpoint: adapters.safetensors, adapter_config.json,
+                                optimizer.safetensors, trainer_state.json
+    checkpoints/latest.json     {"step": 4, "dir": "step-0000004"}
+
+Every file is written to a temporary name in the same directory and moved into place with
+``os.replace``; a checkpoint directory is assembled under a temporary name and renamed, and
+``latest.json`` is replaced only after that, so a crash leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+ADAPTER_FILE = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+LATEST = "latest.json"
+CHECKPOINTS = "checkpoints"
+
+
+def _tmp_path(path: Path, suffix: str = "") -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (temp file in the same dir + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def atomic_save_safetensors(path, arrays: dict, metadata: dict | None = None) -> None:
+    """``mx.save_safetensors`` to ``path`` atomically."""
+    import mlx.core as mx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path, ".safetensors")  # mx appends .safetensors to names without it
+    try:
+        mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def adapter_weights(model) -> dict:
+    """Flat ``{name: array}`` of the trainable adapter tensors (mlx-lm names)."""
+    from mlx.utils import tree_flatten
+
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def save_adapters(directory, model, adapter_config: dict) -> None:
+    """Write ``adapters.safetensors`` and ``adapter_config.json`` (loadable by
+    ``mlx_lm.load(base, adapter_path=directory)``) atomically into ``directory``."""
+    directory = Path(directory)
+    atomic_save_safetensors(directory / ADAPTER_FILE, adapter_weights(model))
+    atomic_write_json(directory / ADAPTER_CONFIG, adapter_config)
+
+
+def save_checkpoint(adapter_path, step: int, model, optimizer, adapter_config: dict, state: dict,
+                    keep: int = 2) -> Path:
+    """Write a full checkpoint for ``step`` and point ``checkpoints/latest.json`` at it.
+
+    Args:
+        adapter_path: the run's output directory.
+        step: optimizer steps completed.
+        model: the policy (its trainable parameters are saved).
+        optimizer: an ``mlx.optimizers.Optimizer``; its whole state tree (moments, step,
+            learning rate) goes to ``optimizer.safetensors``.
+        adapter_config: written beside the adapters (so each checkpoint loads in mlx-lm).
+        state: JSON-able trainer state (step, data position, config, ...).
+        keep: how many checkpoints to keep (0 = all).
+
+    Returns:
+        The checkpoint directory.
+    """
+    from mlx.utils import tree_flatten
+
+    root = Path(adapter_path) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:07d}"
+    final = root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        save_adapters(tmp, model, adapter_config)
+        atomic_save_safetensors(tmp / OPTIMIZER_FILE, dict(tree_flatten(optimizer.state)))
+        atomic_write_json(tmp / STATE_FILE, {**state, "step": step})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_json(root / LATEST, {"step": step, "dir": name})
+    if keep:
+        old = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p != final)
+        for p in old[: max(0, len(old) - (keep - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(resume: str, adapter_path) -> Path:
+    """Resolve ``--resume``: ``latest`` (or ``true``) -> ADAPTER_PATH's latest checkpoint; a
+    checkpoint directory; or an adapter directory (its latest checkpoint).
+
+    Raises:
+        FileNotFoundError: with what was looked for.
+    """
+    cand = Path(adapter_path) if str(resume).lower() in ("latest", "true", "1", "yes") else Path(resume)
+    if (cand / STATE_FILE).exists():
+        return cand
+    latest = cand / CHECKPOINTS / LATEST
+    if latest.exists():
+        with open(latest, encoding="utf-8") as fh:
+            d = json.load(fh)
+        ck = cand / CHECKPOINTS / d["dir"]
+        if (ck / STATE_FILE).exists():
+            return ck
+        raise FileNotFoundError(f"{latest} points at {ck}, which has no {STATE_FILE}")
+    raise FileNotFoundError(
+        f"--resume {resume}: no checkpoint found ({cand / STATE_FILE} or {latest} does not exist)"
+    )
+
+
+def load_checkpoint(directory, model, optimizer) -> dict:
+    """Load adapters and optimizer state from a checkpoint directory into ``model`` / ``optimizer``.
+
+    The model must already carry the same adapters (same keys and shapes); the base stays
+    frozen (only trainable tensors are replaced).
+
+    Returns:
+        The trainer state dict from ``trainer_state.json``.
+
+    Raises:
+        ValueError: the checkpoint's tensors do not match the model's adapters.
+    """
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+
+    directory = Path(directory)
+    weights = mx.load(str(directory / ADAPTER_FILE))
+    have = adapter_weights(model)
+    errors = [f"  {k}: missing in the checkpoint" for k in have if k not in weights]
+    errors += [f"  {k}: not an adapter of this model" for k in weights if k not in have]
+    errors += [f"  {k}: shape {tuple(v.shape)} != model {tuple(have[k].shape)}"
+               for k, v in weights.items() if k in have and v.shape != have[k].shape]
+    if errors:
+        raise ValueError(f"checkpoint {directory} does not match the model's adapters "
+                         "(same --lora-* options needed):\n" + "\n".join(errors[:20]))
+    model.load_weights(list(weights.items()), strict=False)
+    opt_state = mx.load(str(directory / OPTIMIZER_FILE))
+    optimizer.state = tree_unflatten(list(opt_state.items()))
+    with open(directory / STATE_FILE, encoding="utf-8") as fh:
+        return json.load(fh)

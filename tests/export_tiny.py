@@ -1,0 +1,163 @@
+"""Tiny random mlx-lm models and adapters, built locally, for the export tests.
+
+``make_model_dir`` writes an mlx-lm model directory (config.json in Hugging Face names, random
+weights from mlx-lm's own model class, a word-level tokenizer); ``make_adapter`` attaches
+LoRA/DoRA with mlx-lm's tooling, fills the factors with random non-zero values and saves them in
+mlx-lm's adapter format.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_map
+
+VOCAB = 96
+
+BASE = dict(
+    hidden_size=64,
+    num_hidden_layers=3,
+    intermediate_size=96,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=VOCAB,
+    max_position_embeddings=128,
+    rope_theta=10000.0,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+CONFIGS = {
+    "llama": dict(BASE, model_type="llama", rms_norm_eps=1e-5, tie_word_embeddings=False, head_dim=16),
+    "qwen2": dict(BASE, model_type="qwen2", rms_norm_eps=1e-6, tie_word_embeddings=True),
+    "gemma3_text": dict(
+        BASE,
+        model_type="gemma3_text",
+        hidden_size=80,  # sqrt(80) is not a bfloat16 number: exercises the embedding-scale alignment
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        rms_norm_eps=1e-6,
+        sliding_window=64,
+        sliding_window_pattern=2,
+        rope_local_base_freq=10000.0,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+    ),
+}
+
+TEXT_IDS = [1, 17, 5, 33, 71, 8, 90, 42, 42, 3, 64, 12]
+
+
+def make_tokenizer(out: Path) -> None:
+    """A word-level tokenizer over tokens ``<pad> <bos> <eos> <unk> t4 .. t95``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    vocab.update({f"t{i}": i for i in range(4, VOCAB)})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>"
+    )
+    fast.save_pretrained(str(out))
+
+
+def build_model(config: dict) -> nn.Module:
+    from mlx_lm.utils import _get_classes
+
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    if config.get("tie_word_embeddings") and "lm_head" in model:  # gemma3_text decides in sanitize
+        model.pop("lm_head")
+        if hasattr(model, "tie_word_embeddings"):
+            model.tie_word_embeddings = True
+    return model
+
+
+def make_model_dir(out: Path, arch: str, seed: int = 0, quantize: int | None = None, **overrides) -> Path:
+    """Write a random tiny ``arch`` model as an mlx-lm directory into ``out``; return ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = dict(CONFIGS[arch], **overrides)
+    model = build_model(config)
+    rng = np.random.default_rng(seed)
+
+    def rand(a):
+        noise = rng.normal(0.0, 0.08, size=a.shape).astype(np.float32)
+        return mx.array(noise) + (1.0 if a.ndim == 1 and arch != "gemma3_text" else 0.0)
+
+    weights = tree_map(rand, model.parameters())
+    model.update(weights)
+    if quantize is not None:
+        from mlx_lm.utils import quantize_model
+
+        model, config = quantize_model(model, config, group_size=32, bits=quantize)
+    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())), {"format": "mlx"})
+    with open(out / "config.json", "w") as f:
+        json.dump(config, f, indent=2)
+    make_tokenizer(out)
+    return out
+
+
+def make_adapter(
+    model_dir: Path,
+    out: Path,
+    *,
+    num_layers: int = 2,
+    keys: list[str] | None = None,
+    dora: bool = False,
+    rank: int = 4,
+    scale: float = 2.0,
+    seed: int = 1,
+    extra: dict | None = None,
+) -> Path:
+    """Attach LoRA/DoRA (mlx-lm's ``linear_to_lora_layers``) to the last ``num_layers`` layers,
+    randomize every adapter tensor and save ``adapters.safetensors`` + ``adapter_config.json``."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import load_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, _ = load_model(Path(model_dir))
+    params = {"rank": rank, "scale": scale, "dropout": 0.0}
+    if keys is not None:
+        params["keys"] = keys
+    linear_to_lora_layers(model, num_layers, params, use_dora=dora)
+    rng = np.random.default_rng(seed)
+    adapter = {}
+    for name, a in tree_flatten(model.parameters()):
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("lora_a", "lora_b"):
+            adapter[name] = mx.array(rng.normal(0.0, 0.2, size=a.shape).astype(np.float32))
+        elif leaf == "m":
+            adapter[name] = a.astype(mx.float32) * mx.array(rng.uniform(0.8, 1.2, size=a.shape).astype(np.float32))
+    mx.save_safetensors(str(out / "adapters.safetensors"), adapter)
+    cfg = {
+        "fine_tune_type": "dora" if dora else "lora",
+        "num_layers": num_layers,
+        "lora_parameters": params,
+    }
+    cfg.update(extra or {})
+    with open(out / "adapter_config.json", "w") as f:
+        json.dump(cfg, f, indent=2)
+    return out
+
+
+def mlx_logits(model_dir: Path, adapter_path: Path | None = None, ids=TEXT_IDS) -> np.ndarray:
+    """float32 logits (L, V) of the mlx-lm model (with the adapter when given) on ``ids``."""
+    from mlx_lm.utils import load_model
+    from mlx_lm.tuner.utils import load_adapters
+
+    model, _ = load_model(Path(model_dir))
+    if adapter_path is not None:
+        model = load_adapters(model, str(adapter_path))
+    model.eval()
+    model.update(tree_map(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a, model.parameters()))
+    out = model(mx.array([list(ids)]))
+    return np.array(out[0].astype(mx.float32))
