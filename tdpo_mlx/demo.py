@@ -221,7 +221,9 @@ def _load_eval_model(model_dir: str, cfg: DemoConfig):
 
 
 def _load_adapter_weights(model, adapter_file) -> None:
-    model.load_weights(str(adapter_file), strict=False)
+    from .evaluate import load_adapter_weights
+
+    load_adapter_weights(model, adapter_file)
 
 
 def stage_samples(out: pathlib.Path, cfg: DemoConfig, model, tok, train_prompts, reward_fn, progress: bool):

@@ -558,40 +558,64 @@ def load_model(model: str, adapter_path=None):
     """Load an mlx-lm model (path, hub id or named source such as ``gemma3-270m``) with optional
     trained adapters, in the backend's compute dtype (float32 on CPU).
 
+    The adapters' ``adapter_config.json`` (mlx-lm keys, as written by ``tdpo-mlx train``) decides
+    the LoRA/DoRA layout and whether the base is quantized (QLoRA), via
+    :func:`tdpo_mlx.models.load_policy`; then ``adapters.safetensors`` is loaded into it.
+
     Returns:
-        (model, tokenizer); adapters (if any) are attached and active, and switching them off
+        (model, tokenizer) in eval mode; adapters (if any) are active, and switching them off
         with :func:`tdpo_mlx.models.adapters_disabled` gives the reference.
+
+    Raises:
+        FileNotFoundError: ``adapter_path`` lacks adapters.safetensors or adapter_config.json.
+        ValueError: adapter tensors that the model does not have.
     """
+    import json
     import pathlib
 
-    try:
-        from .gguf_import import resolve_model_path
-    except ImportError:
-        resolve_model_path = None
-    if resolve_model_path is not None:
-        model = resolve_model_path(model)
-    if adapter_path is not None:
+    from .models import load_policy
+
+    if adapter_path is None:
+        m, tok = load_policy(model, adapters=False)
+    else:
         ap = pathlib.Path(adapter_path)
-        if not (ap / "adapters.safetensors").is_file():
-            raise FileNotFoundError(
-                f"no adapters.safetensors in {ap} (give the --adapter-path of a finished training run)"
-            )
-    from . import models as _models
-
-    loader = getattr(_models, "load_policy", None)
-    m = tok = None
-    if loader is not None:
-        try:
-            m, tok = loader(model, adapter_path=None if adapter_path is None else str(adapter_path))
-        except TypeError:
-            m = None
-    if m is None:
-        import mlx_lm
-
-        m, tok = mlx_lm.load(str(model), adapter_path=None if adapter_path is None else str(adapter_path))
+        for name in ("adapters.safetensors", "adapter_config.json"):
+            if not (ap / name).is_file():
+                raise FileNotFoundError(
+                    f"{ap / name} not found: --adapter-path must be the output folder of a finished "
+                    "tdpo-mlx train run (adapters.safetensors + adapter_config.json)"
+                )
+        cfg = json.loads((ap / "adapter_config.json").read_text(encoding="utf-8"))
+        lp = cfg.get("lora_parameters", {})
+        m, tok = load_policy(
+            model, lora_rank=int(lp.get("rank", 8)), lora_scale=lp.get("scale"), lora_layers=int(cfg.get("num_layers", -1)),
+            lora_keys=lp.get("keys"), dora=cfg.get("fine_tune_type") == "dora", quantize=cfg.get("quantize"),
+        )
+        load_adapter_weights(m, ap / "adapters.safetensors")
     _cast_floats(m)
     m.eval()
     return m, tok
+
+
+def load_adapter_weights(model, path) -> None:
+    """Load adapter tensors (``adapters.safetensors``) into a model that already carries the
+    matching LoRA/DoRA wrappers.
+
+    Raises:
+        ValueError: a tensor name the model lacks, or a shape mismatch (names the first few).
+    """
+    from mlx.utils import tree_flatten
+
+    weights = mx.load(str(path))
+    params = dict(tree_flatten(model.parameters()))
+    missing = [k for k in weights if k not in params]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} adapter tensors do not exist in the model, e.g. {missing[:3]} "
+                         "(were the adapters trained on another model or LoRA layout?)")
+    bad = [k for k, v in weights.items() if tuple(v.shape) != tuple(params[k].shape)]
+    if bad:
+        raise ValueError(f"{path}: shape mismatch for {bad[:3]}")
+    model.load_weights(list(weights.items()), strict=False)
 
 
 def _cast_floats(model) -> None:

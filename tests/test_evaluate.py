@@ -284,3 +284,49 @@ def test_generate_and_eval_cli(tiny_dir, tmp_path, capsys):
     assert res["rows"][1]["seq_kl_mean"] == pytest.approx(0.0, abs=1e-5)  # no adapters: policy == reference
     assert (out / "eval.md").read_text().startswith("# Evaluation")
     assert len((out / "samples.jsonl").read_text().splitlines()) == 8
+
+
+def test_load_model_with_trained_adapters_round_trip(tiny_dir, tmp_path):
+    """Adapters saved the way the trainer saves them load back into identical logits, and the
+    eval CLI then measures a positive KL; foreign tensors are refused."""
+    from tdpo_mlx.checkpoint import save_adapters
+    from tdpo_mlx.cli import main
+    from tdpo_mlx.models import adapter_modules, load_policy
+
+    model, tok = load_policy(str(tiny_dir), lora_rank=4, lora_alpha=8.0)
+    mx.random.seed(5)
+    for _, m in adapter_modules(model):
+        m.lora_b = 0.5 * mx.random.normal(m.lora_b.shape)
+    model.eval()
+    ad = tmp_path / "adapters"
+    save_adapters(ad, model, model.adapter_config)
+    x = mx.array([tok.encode("I went into this film expecting")])
+    want = np.array(model(x))
+
+    loaded, _ = ev.load_model(str(tiny_dir), ad)
+    np.testing.assert_allclose(np.array(loaded(x)), want, rtol=1e-5, atol=1e-5)
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "the film"}) + "\n" + json.dumps({"prompt": "I went"}) + "\n")
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(tiny_dir), "--adapter-path", str(ad), "--prompts", str(prompts),
+                 "--samples-per-prompt", "2", "--max-tokens", "4", "--out", str(out)]) == 0
+    rows = json.loads((out / "eval.json").read_text())["rows"]
+    assert rows[1]["name"] == "adapters" and rows[1]["seq_kl_mean"] > 0
+
+    mx.save_safetensors(str(tmp_path / "bad.safetensors"), {"model.layers.0.nope.lora_a": mx.zeros((2, 2))})
+    with pytest.raises(ValueError, match="do not exist in the model"):
+        ev.load_adapter_weights(loaded, tmp_path / "bad.safetensors")
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        ev.load_model(str(tiny_dir), tmp_path)
+
+
+def test_read_prompts_errors(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    with pytest.raises(ValueError, match=r"p.jsonl:2: expected an object with a string 'prompt'"):
+        ev.read_prompts(f)
+    g = tmp_path / "empty.txt"
+    g.write_text("\n\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        ev.read_prompts(g)
