@@ -301,8 +301,10 @@ def eval_points(out: pathlib.Path, cfg: DemoConfig, method: str) -> list[tuple[s
     return pts
 
 
-def stage_eval(out: pathlib.Path, cfg: DemoConfig, model, tok, eval_prompts, reward_fn, progress: bool) -> dict:
-    """Evaluate the reference once, then every adapter point; one JSON file per point."""
+def stage_eval(out: pathlib.Path, cfg: DemoConfig, get_model, eval_prompts, reward_fn, progress: bool) -> dict:
+    """Evaluate the reference once, then every adapter point; one JSON file per point.
+
+    ``get_model()`` returns the (model, tokenizer) to evaluate with, loaded on first need."""
     from .evaluate import evaluate_policy, sample_statistics, generate_samples, _pad_id
     from .models import adapter_modules, adapters_disabled
 
@@ -315,6 +317,7 @@ def stage_eval(out: pathlib.Path, cfg: DemoConfig, model, tok, eval_prompts, rew
         ref = ([Sample.from_json(s) for s in d["samples"]], d["rewards"], d["row"])
     else:
         _say("  reference")
+        model, tok = get_model()
         with adapters_disabled(model):
             samples = generate_samples(model, tok, eval_prompts, progress=progress, desc="sample reference", **kw)
             stats = sample_statistics(model, samples, compute_kl=False, batch_size=cfg.score_batch_size,
@@ -332,6 +335,7 @@ def stage_eval(out: pathlib.Path, cfg: DemoConfig, model, tok, eval_prompts, rew
                 rows[name] = _read_json(f)["row"]
                 continue
             _say(f"  {name}")
+            model, tok = get_model()
             if not adapter_modules(model):
                 raise RuntimeError("the evaluation model has no adapters to load weights into")
             _load_adapter_weights(model, afile)
@@ -601,8 +605,6 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
             model, tok = _load_eval_model(model_dir, cfg)
         return model, tok
 
-    if not (out / "samples.jsonl").exists() or not (out / "eval" / "reference.json").exists():
-        eval_model()
     clock.stop("model")
 
     # 2. samples from the reference
@@ -625,10 +627,7 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     if not pairs:
         raise RuntimeError("no preference pairs: every prompt's samples were near-ties; lower min_reward_gap")
 
-    # 4. train
-    if any(not (out / "adapters" / m / "done.json").exists() for m in cfg.methods):
-        model = tok = None
-        gc.collect()
+    # 4. train (each method loads its own fresh policy; the evaluation model stays loaded)
     for i, m in enumerate(cfg.methods):
         clock.start()
         done = (out / "adapters" / m / "done.json").exists()
@@ -642,8 +641,7 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     # 5. eval
     clock.start()
     _say(f"[5/{n_stages}] eval: reference and {', '.join(cfg.methods)} on {len(prompts['eval'])} held-out prompts")
-    m_, t_ = eval_model()
-    rows = stage_eval(out, cfg, m_, t_, prompts["eval"], reward_fn, progress)
+    rows = stage_eval(out, cfg, eval_model, prompts["eval"], reward_fn, progress)
     clock.stop("eval")
 
     # 6. report
