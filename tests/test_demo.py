@@ -112,6 +112,11 @@ def test_report_and_plots_on_fake_metrics(tmp_path):
     assert res["rows"]["tdpo1"]["seq_kl_mean"] == 2.0
 
 
+def test_moving_average_by_hand():
+    assert demo._moving_average([1, 2, 3, 4], 3).tolist() == [1.0, 1.5, 2.0, 3.0]
+    assert demo._moving_average([5], 3).tolist() == [5.0]
+
+
 def test_read_metrics_keeps_train_records(tmp_path):
     f = tmp_path / "metrics.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in [
