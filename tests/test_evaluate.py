@@ -330,3 +330,25 @@ def test_read_prompts_errors(tmp_path):
     g.write_text("\n\n")
     with pytest.raises(ValueError, match="no prompts"):
         ev.read_prompts(g)
+
+
+@pytest.mark.slow
+def test_real_gemma_sampling_and_scoring(gemma_dir):
+    """Gemma 3 270M: greedy batched samples agree with teacher forcing, KL to itself is 0 and the
+    entropy is a plausible per-token value (between 0 and ln V)."""
+    from tdpo_mlx.models import load_policy
+
+    model, tok = load_policy(gemma_dir, lora_rank=2)
+    model.eval()
+    prompts = ["I went into this film expecting", "The soundtrack is mostly piano, and"]
+    samples = ev.generate_samples(model, tok, prompts, max_tokens=4, temp=0.0, batch_size=2, progress=False)
+    for s in samples:
+        logits = np.array(model(mx.array([s.prompt_ids + s.completion_ids]))[0])
+        p0 = len(s.prompt_ids) - 1
+        rows = logits[p0 : p0 + len(s.completion_ids)]
+        picked = rows[np.arange(len(rows)), s.completion_ids]
+        np.testing.assert_array_less(rows.max(-1) - picked, 1e-3)  # the argmax, up to float ties
+    st = ev.sample_statistics(model, samples, progress=False)
+    np.testing.assert_allclose(st["kl"], 0.0, atol=1e-4)
+    h = st["entropy_sum"].sum() / st["n_tokens"].sum()
+    assert 0.0 < h < math.log(262144)
