@@ -380,14 +380,12 @@ def _trainable_head_chunk(pol: _HeadPlan, ref_head):
     terms = _terms_fn(pol.scale, pol.cap, False)
     module = pol.module
 
-    def inner(params, hp, hr, tgt):
-        module.update(params)
-        return terms(pol.head(hp), mx.stop_gradient(ref_head(hr)), tgt)
-
-    ck = mx.checkpoint(inner)
-
     def run(hp, hr, tgt):
-        return ck(module.trainable_parameters(), hp, hr, tgt)
+        def inner(params, hp, hr):  # targets are closed over: no VJP w.r.t. indices
+            module.update(params)
+            return terms(pol.head(hp), mx.stop_gradient(ref_head(hr)), tgt)
+
+        return mx.checkpoint(inner)(module.trainable_parameters(), hp, hr)
 
     return run
 
