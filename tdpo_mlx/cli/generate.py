@@ -1,0 +1,51 @@
+"""``tdpo-mlx generate``: sample completions from a model, optionally with trained adapters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "generate",
+        help="sample completions from a model (+ adapters)",
+        description="Sample completions for one prompt or a file of prompts (one per line, or JSON "
+        "lines with a 'prompt' field), batched with mlx-lm. Prompts are fed as raw text.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="gemma3-270m", help="mlx-lm model dir, hub id, or 'gemma3-270m'")
+    p.add_argument("--adapter-path", default=None, help="folder with adapters.safetensors from tdpo-mlx train")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="a prompt text")
+    src.add_argument("--prompt-file", help="file of prompts")
+    p.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
+    p.add_argument("--temp", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--max-tokens", type=int, default=64, help="maximum new tokens per completion")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences decoded together")
+    p.add_argument("--json", action="store_true", help="print one JSON object per completion")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from ..evaluate import generate_samples, load_model, read_prompts
+
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompt_file)
+    model, tokenizer = load_model(args.model, args.adapter_path)
+    samples = generate_samples(
+        model, tokenizer, prompts, samples_per_prompt=args.num_samples, max_tokens=args.max_tokens,
+        temp=args.temp, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+        progress=sys.stderr.isatty(),
+    )
+    for s in samples:
+        if args.json:
+            print(json.dumps({"prompt": s.prompt, "completion": s.completion, "sample": s.sample_index,
+                              "tokens": len(s.completion_ids), "finished": s.finished}, ensure_ascii=False))
+        else:
+            tag = f"[{s.prompt_index}.{s.sample_index}] " if len(samples) > 1 else ""
+            print(f"{tag}{s.prompt}\033[1m{s.completion}\033[0m" if sys.stdout.isatty() else f"{tag}{s.prompt}{s.completion}")
+    return 0
