@@ -22,6 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .atomic import save_safetensors, write_json, write_text
+
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -30,53 +32,10 @@ LATEST = "latest.json"
 CHECKPOINTS = "checkpoints"
 
 
-def _tmp_path(path: Path, suffix: str = "") -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (temp file in the same dir + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def atomic_save_safetensors(path, arrays: dict, metadata: dict | None = None) -> None:
-    """``mx.save_safetensors`` to ``path`` atomically."""
-    import mlx.core as mx
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path, ".safetensors")  # mx appends .safetensors to names without it
-    try:
-        mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+# The trainer's names for the shared atomic writers.
+atomic_write_text = write_text
+atomic_write_json = write_json
+atomic_save_safetensors = save_safetensors
 
 
 def adapter_weights(model) -> dict:

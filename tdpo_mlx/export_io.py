@@ -7,12 +7,10 @@ name and renamed, so a crash never leaves a half-written file under its final na
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+# Re-exported for the exporters: the shared atomic writers.
+from .atomic import atomic_directory, copy_file, save_safetensors, write_bytes, write_json, write_text  # noqa: F401
 
 # Tokenizer and chat-template files copied next to exported weights when present.
 TOKENIZER_FILES = (
@@ -27,71 +25,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-
-
-def _mode(directory: bool = False) -> int:
-    """Permission bits a plain ``open``/``mkdir`` would give (mkstemp/mkdtemp use 0600/0700)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory + os.replace)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_text(path: str | Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: str | Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
-
-
-def copy_file(src: str | Path, dst: str | Path) -> None:
-    """Copy ``src`` to ``dst`` atomically."""
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, _mode())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def save_safetensors(path: str | Path, arrays: dict, metadata: dict | None = None) -> None:
-    """Save MLX arrays to a safetensors file atomically (any MLX dtype, bfloat16 included).
-
-    ``metadata`` defaults to ``{"format": "pt"}``, the value transformers and PEFT expect.
-    """
-    import mlx.core as mx
-
-    path = Path(path)
-    tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp.safetensors"
-    try:
-        mx.save_safetensors(str(tmp), arrays, metadata=metadata or {"format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def parse_size(text: str | int) -> int:
@@ -125,13 +58,13 @@ def save_sharded(out: Path, weights: dict, max_shard_bytes: int, metadata: dict 
         shards[-1][name] = arr
         size += arr.nbytes
     if len(shards) <= 1:
-        save_safetensors(out / "model.safetensors", shards[0] if shards else {}, metadata)
+        save_safetensors(out / "model.safetensors", shards[0] if shards else {}, metadata or {"format": "pt"})
         return ["model.safetensors"]
     n = len(shards)
     names, weight_map = [], {}
     for i, shard in enumerate(shards):
         fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        save_safetensors(out / fname, shard, metadata)
+        save_safetensors(out / fname, shard, metadata or {"format": "pt"})
         names.append(fname)
         weight_map.update({k: fname for k in shard})
     total = sum(a.nbytes for a in weights.values())
@@ -147,31 +80,3 @@ def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
             copy_file(src / name, dst / name)
             copied.append(name)
     return copied
-
-
-@contextlib.contextmanager
-def atomic_directory(out: str | Path, overwrite: bool = False):
-    """Yield a temporary directory beside ``out``; on success it becomes ``out`` in one rename.
-
-    Raises:
-        FileExistsError: ``out`` exists and is not empty, and ``overwrite`` is False.
-    On error the temporary directory is removed and ``out`` is left untouched.
-    """
-    out = Path(out).resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    os.chmod(tmp, _mode(directory=True))
-    try:
-        yield tmp
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.{os.getpid()}.old"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -46,6 +46,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .atomic import atomic_directory, save_safetensors, write_json
+
 SUPPORTED_ARCHITECTURES = ("gemma3", "llama", "qwen2")
 
 #: Named sources: name -> (python module that assembles the .gguf, description).
@@ -674,7 +676,7 @@ def save_tokenizer(g: GGUFContents, out_dir: str | os.PathLike) -> dict[str, Any
     tcfg = json.loads(cfg_path.read_text())
     tcfg.update({"add_bos_token": info["add_bos"], "add_eos_token": info["add_eos"]})
     tcfg.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-    _write_json(cfg_path, tcfg)
+    write_json(cfg_path, tcfg)
     return info
 
 
@@ -683,12 +685,6 @@ def save_tokenizer(g: GGUFContents, out_dir: str | os.PathLike) -> dict[str, Any
 # --------------------------------------------------------------------------------------------
 
 _DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _gemma_eos_ids(g: GGUFContents, cfg: dict) -> list[int] | int | None:
@@ -721,10 +717,10 @@ def _write_model_dir(g: GGUFContents, out: Path, dtype: str, quantize: int | Non
         weights.pop("lm_head.weight", None)
     if quantize is not None:
         weights, cfg = _quantize(weights, cfg, quantize, group_size)
-    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
-    _write_json(out / "config.json", cfg)
+    save_safetensors(out / "model.safetensors", weights, metadata={"format": "mlx"})
+    write_json(out / "config.json", cfg)
     gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in cfg}
-    _write_json(out / "generation_config.json", gen)
+    write_json(out / "generation_config.json", gen)
     save_tokenizer(g, out)
 
 
@@ -736,7 +732,7 @@ def _quantize(weights: dict, cfg: dict, bits: int, group_size: int) -> tuple[dic
 
     with tempfile.TemporaryDirectory() as tmp:
         mx.save_safetensors(str(Path(tmp) / "model.safetensors"), weights, metadata={"format": "mlx"})
-        _write_json(Path(tmp) / "config.json", cfg)
+        write_json(Path(tmp) / "config.json", cfg)
         model, config = load_model(Path(tmp), lazy=False)
     model, config = quantize_model(model, config, group_size=group_size, bits=bits)
     return dict(tree_flatten(model.parameters())), config
@@ -774,12 +770,7 @@ def import_gguf(
     with _source_file(source) as gguf_path:
         g = read_gguf(gguf_path)
         _check_arch(g)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
-        try:
+        with atomic_directory(out, overwrite=True) as tmp:
             _write_model_dir(g, tmp, dtype, quantize, group_size)
             marker = {
                 "importer_version": IMPORTER_VERSION,
@@ -791,17 +782,7 @@ def import_gguf(
                 "quantize": quantize,
                 "seconds": round(time.perf_counter() - t0, 2),
             }
-            _write_json(tmp / MARKER_FILE, marker)
-            if out.exists():
-                old = out.with_name(f".{out.name}.old{os.getpid()}")
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_json(tmp / MARKER_FILE, marker)
     return out
 
 
@@ -896,7 +877,8 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     with _file_lock(cache_dir() / "models" / f".{s}.lock"):
         if not is_complete_import(out):
             # leftovers of an interrupted import (we hold the lock: nobody else is building)
-            for stale in out.parent.glob(f".{s}.tmp*"):
+            # (atomic_directory names them .NAME.XXXX.tmp; older versions .NAME.tmpXXXX)
+            for stale in [*out.parent.glob(f".{s}.*.tmp"), *out.parent.glob(f".{s}.tmp*")]:
                 shutil.rmtree(stale, ignore_errors=True)
             import_gguf(s, out, dtype="float32", overwrite=True)
     return str(out)

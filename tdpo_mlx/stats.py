@@ -183,7 +183,7 @@ def model_statistics(model, batch, reference_model=None, average_log_prob: bool 
 # only combines them: no logits are kept or recomputed for backward. A head with trainable
 # parameters (LoRA on lm_head, trained embeddings) takes the mx.checkpoint route instead.
 
-_CHUNK_BYTES = 32 * 2**20  # target size of one (C, V) float32 chunk of logits
+_CHUNK_BYTES = 64 * 2**20  # target size of one (C, V) float32 chunk of logits
 
 
 class _HeadPlan(NamedTuple):
@@ -258,8 +258,10 @@ def _verified_plan(model) -> _HeadPlan | None:
             mine = _post_logits(plan.head(plan.body(x)).astype(mx.float32), plan.scale, plan.cap)
             diff = mx.max(mx.abs(full - mine)).item()
             verdict = bool(full.shape == mine.shape and diff <= 1e-3 * max(1.0, mx.max(mx.abs(full)).item()))
-        except Exception:
-            return plan  # e.g. under mx.compile: trust the structural plan, check next time
+        except (RuntimeError, ValueError) as e:
+            if "eval" not in str(e) and "transform" not in str(e):
+                raise
+            return plan  # under mx.compile nothing can be evaluated: trust the plan, check next time
         object.__setattr__(model, _PLAN_ATTR, verdict)
     return plan if verdict else None
 
@@ -272,35 +274,49 @@ def _post_logits(z: mx.array, scale: float, cap: float | None) -> mx.array:
 
 
 def _token_terms(zp, zr, tgt, scale, cap, want_grad):
-    """Per-position statistics from raw (C, V) logits; optionally the (2C, V) logit gradients.
+    """Per-position statistics from raw (C, V) logits; optionally the logit gradients.
 
-    Returns (tok, ref_tok, kl) each (C,) float32 and, with ``want_grad``, G = [d tok/d zp;
-    d kl/d zp] (2C, V) float32 (w.r.t. the *raw* head output, i.e. through the softcap).
+    With y = c(z) the model's final logits, lse = logsumexp(y), p = softmax(y):
+    tok = y_p[t] - lse_p, ref_tok = y_r[t] - lse_r,
+    kl = sum_v p_r(v) * ((y_r(v) - lse_r) - (y_p(v) - lse_p))   (TDPO Eq. 8, one position).
+    One exp pass per side (the softmax and the logsumexp share it).
+
+    Returns (tok, ref_tok, kl) each (C,) float32 and, with ``want_grad``, also
+    g_tok = d tok / d zp = (onehot(t) - p_p) c'(zp) and g_kl = d kl / d zp = (p_p - p_r) c'(zp),
+    each (C, V) float32 (w.r.t. the *raw* head output, i.e. through a softcap).
     """
     zp = zp.astype(mx.float32)
     zr = zr.astype(mx.float32)
     yp = _post_logits(zp, scale, cap)
     yr = _post_logits(zr, scale, cap)
-    lsp = yp - mx.logsumexp(yp, axis=-1, keepdims=True)
-    lsr = yr - mx.logsumexp(yr, axis=-1, keepdims=True)
+    mp = mx.stop_gradient(mx.max(yp, axis=-1, keepdims=True))
+    mr = mx.stop_gradient(mx.max(yr, axis=-1, keepdims=True))
+    ep = mx.exp(yp - mp)
+    er = mx.exp(yr - mr)
+    sum_p = mx.sum(ep, axis=-1, keepdims=True)
+    sum_r = mx.sum(er, axis=-1, keepdims=True)
+    lse_p = mp + mx.log(sum_p)
+    lse_r = mr + mx.log(sum_r)
     idx = tgt[:, None]
-    tok = mx.take_along_axis(lsp, idx, axis=-1)[:, 0]
-    ref_tok = mx.take_along_axis(lsr, idx, axis=-1)[:, 0]
-    pr = mx.exp(lsr)
-    kl = mx.sum(pr * (lsr - lsp), axis=-1)
+    tok = (mx.take_along_axis(yp, idx, axis=-1) - lse_p)[:, 0]
+    ref_tok = (mx.take_along_axis(yr, idx, axis=-1) - lse_r)[:, 0]
+    pr = er * (1.0 / sum_r)
+    kl = mx.sum(pr * ((yr - lse_r) - (yp - lse_p)), axis=-1)
     if not want_grad:
         return tok, ref_tok, kl
-    sp = mx.exp(lsp)
+    sp = ep * (1.0 / sum_p)
     onehot = (mx.arange(zp.shape[-1])[None, :] == idx).astype(mx.float32)
     g_tok = onehot - sp
-    g_kl = sp - pr
+    # d kl / d y_p = p_p * sum(p_r) - p_r; sum(p_r) is 1 in exact arithmetic, but keeping it
+    # reproduces the plain path's float32 rounding (its reductions over V are not exact).
+    g_kl = sp * mx.sum(pr, axis=-1, keepdims=True) - pr
     if cap:
         t = mx.tanh(zp * (scale / cap))
         d = scale * (1.0 - t * t)
         g_tok, g_kl = g_tok * d, g_kl * d
     elif scale != 1.0:
         g_tok, g_kl = g_tok * scale, g_kl * scale
-    return tok, ref_tok, kl, mx.concatenate([g_tok, g_kl], axis=0)
+    return tok, ref_tok, kl, g_tok, g_kl
 
 
 _COMPILED: dict = {}
@@ -335,11 +351,14 @@ def _frozen_head_chunk(pol: _HeadPlan, ref_head, differentiable: bool):
 
     @mx.custom_function
     def chunk(hp, hr, tgt):
-        tok, ref_tok, kl, g = terms(pol.head(hp), ref_head(hr), tgt)
-        # Map both logit gradients through the (frozen, linear) head now: (2C, V) -> (2C, D).
-        _, (dh,) = mx.vjp(lambda h: pol.head(h).astype(mx.float32), [mx.concatenate([hp, hp], axis=0)], [g])
-        c = hp.shape[0]
-        return tok, ref_tok, kl, dh[:c].astype(hp.dtype), dh[c:].astype(hp.dtype)
+        tok, ref_tok, kl, g_tok, g_kl = terms(pol.head(hp), ref_head(hr), tgt)
+        # Map both logit gradients through the (frozen, linear) head now: (C, V) -> (C, D).
+        def head(h):
+            return pol.head(h).astype(mx.float32)
+
+        _, (d_tok,) = mx.vjp(head, [hp], [g_tok])
+        _, (d_kl,) = mx.vjp(head, [hp], [g_kl])
+        return tok, ref_tok, kl, d_tok.astype(hp.dtype), d_kl.astype(hp.dtype)
 
     @chunk.vjp
     def chunk_vjp(primals, cotangents, outputs):
@@ -361,16 +380,25 @@ def _trainable_head_chunk(pol: _HeadPlan, ref_head):
     terms = _terms_fn(pol.scale, pol.cap, False)
     module = pol.module
 
-    def inner(params, hp, hr, tgt):
-        module.update(params)
-        return terms(pol.head(hp), mx.stop_gradient(ref_head(hr)), tgt)
-
-    ck = mx.checkpoint(inner)
-
     def run(hp, hr, tgt):
-        return ck(module.trainable_parameters(), hp, hr, tgt)
+        def inner(params, hp, hr):  # targets are closed over: no VJP w.r.t. indices
+            module.update(params)
+            return terms(pol.head(hp), mx.stop_gradient(ref_head(hr)), tgt)
+
+        return mx.checkpoint(inner)(module.trainable_parameters(), hp, hr)
 
     return run
+
+
+def _eval_if_allowed(arrays) -> bool:
+    """mx.eval(arrays); False (nothing evaluated) inside mx.compile, where eval is not allowed."""
+    try:
+        mx.eval(arrays)
+        return True
+    except ValueError as e:
+        if "eval" not in str(e):
+            raise
+        return False
 
 
 def _has_trainable(module) -> bool:
@@ -380,7 +408,7 @@ def _has_trainable(module) -> bool:
 
 
 def default_chunk_size(vocab: int) -> int:
-    """Positions per chunk so that one (C, V) float32 logits block is about 32 MiB, in [8, 1024]."""
+    """Positions per chunk so that one (C, V) float32 logits block is about 64 MiB, in [8, 1024]."""
     c = max(8, min(1024, _CHUNK_BYTES // (4 * max(int(vocab), 1))))
     return 1 << (c.bit_length() - 1)  # a power of two
 
@@ -481,7 +509,14 @@ def batch_statistics(
         chunk = _trainable_head_chunk(pol, ref.head)
     else:
         chunk = _frozen_head_chunk(pol, ref.head, differentiable)
-    outs = [chunk(hp[i * c:(i + 1) * c], hr[i * c:(i + 1) * c], tgt[i * c:(i + 1) * c]) for i in range(n_chunks)]
+    outs = []
+    sync = n_chunks > 1
+    for i in range(n_chunks):
+        outs.append(chunk(hp[i * c:(i + 1) * c], hr[i * c:(i + 1) * c], tgt[i * c:(i + 1) * c]))
+        if sync:
+            # Finish this chunk before the next is scheduled: MLX allocates outputs when an op is
+            # queued, so without this the CPU queue runs several chunks' (C, V) blocks ahead.
+            sync = _eval_if_allowed(outs[-1])
     tok, ref_tok, kl = (mx.concatenate(list(v)) if n_chunks > 1 else v[0] for v in zip(*outs))
 
     n_tok = mx.sum(mask.astype(mx.float32), axis=-1)

@@ -568,7 +568,7 @@ def test_resolve_model_path_reuses_complete_import(tmp_path, monkeypatch):
     def fake_import(source, out, dtype="float32", quantize=None, **kw):
         calls.append(source)
         out.mkdir(parents=True)
-        gi._write_json(out / gi.MARKER_FILE, {"importer_version": gi.IMPORTER_VERSION})
+        gi.write_json(out / gi.MARKER_FILE, {"importer_version": gi.IMPORTER_VERSION})
         return out
 
     monkeypatch.setattr(gi, "import_gguf", fake_import)

@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""Benchmark one TDPO training step: plain full-logits statistics vs the fast path.
+
+Both steps are ``nn.value_and_grad`` of the TDPO loss + an AdamW update of the LoRA
+parameters; "plain" computes the statistics with :func:`tdpo_mlx.stats.model_statistics`
+((2B, L-1, V) logits for policy and reference), "fast" with
+:func:`tdpo_mlx.stats.batch_statistics`. They run alternately in one process (plain, fast,
+then fast, plain, ...) so machine noise hits both; medians are reported.
+
+Before timing, both are evaluated on the same parameters: ``max_rel_diff`` compares the
+statistics (logps, ref_logps, logratio, kl; relative to each field's largest magnitude) and
+``max_grad_rel_diff`` the LoRA gradients (per parameter, relative to its largest magnitude).
+
+Default shape (issue 5): Gemma 3 270M, 2 pairs, prompt 256 + response 256 tokens, LoRA rank
+8 on every linear layer of every block, TDPO2, float32. ``--tiny`` uses a small random
+Gemma-3-shaped model (runs in seconds). The last line printed is one JSON object.
+
+Example:
+    nice python scripts/bench_step.py --steps 3
+    python scripts/bench_step.py --tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tdpo_mlx  # noqa: E402,F401  (loads the optimized BLAS before mlx.core)
+from tdpo_mlx import backend  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="gemma3-270m", help="model path or named source (resolve_model_path)")
+    p.add_argument("--tiny", action="store_true", help="tiny random Gemma-3-shaped model instead of --model")
+    p.add_argument("--pairs", type=int, default=2)
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--response-len", type=int, default=256)
+    p.add_argument("--steps", type=int, default=3, help="timed steps of each kind (after one untimed)")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--loss-type", default="tdpo2")
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--chunk-size", type=int, default=None, help="positions per LM-head chunk (default: auto)")
+    p.add_argument("--grad-checkpoint", action="store_true", help="checkpoint transformer blocks (both steps)")
+    p.add_argument("--no-compile", action="store_true", help="do not mx.compile the fast path's chunk kernel")
+    p.add_argument("--only", choices=["both", "plain", "fast"], default="both")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def tiny_model(seed: int):
+    """A 2-layer random Gemma 3 text model with a 32k vocabulary (tied embeddings)."""
+    import mlx.core as mx
+    from mlx_lm.models import gemma3_text
+
+    mx.random.seed(seed)
+    args = gemma3_text.ModelArgs(
+        model_type="gemma3_text", hidden_size=128, num_hidden_layers=2, intermediate_size=256,
+        num_attention_heads=2, head_dim=64, rms_norm_eps=1e-6, vocab_size=32000,
+        num_key_value_heads=1, sliding_window=64, sliding_window_pattern=2,
+    )
+    model = gemma3_text.Model(args)
+    model.tie_word_embeddings = True
+    model.pop("lm_head")
+    return model
+
+
+def load_model(args):
+    import mlx.core as mx
+    from mlx.utils import tree_map
+
+    if args.tiny:
+        model = tiny_model(args.seed)
+        name = "tiny-gemma3 (random)"
+    else:
+        from mlx_lm.utils import load
+
+        from tdpo_mlx.gguf_import import resolve_model_path
+
+        path = resolve_model_path(args.model)
+        model, _ = load(path)
+        name = f"{args.model} ({path})"
+    dtype = backend.default_compute_dtype()
+    model.update(tree_map(lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a,
+                          model.parameters()))
+    return model, name, dtype
+
+
+def attach_lora(model, rank: int, seed: int):
+    """LoRA on every linear layer of every block; lora_b random (small) so policy != reference."""
+    import mlx.core as mx
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": rank, "scale": 20.0, "dropout": 0.0})
+    key = mx.random.key(seed + 1)
+    n = 0
+    for _, m in model.named_modules():
+        if hasattr(m, "lora_b"):
+            key, sub = mx.random.split(key)
+            m.lora_b = 1e-3 * mx.random.normal(m.lora_b.shape, key=sub)
+            n += 1
+    mx.eval(model.parameters())
+    return n
+
+
+def make_batch(args, vocab: int):
+    import numpy as np
+
+    from tdpo_mlx.data import EncodedPair, make_batch
+
+    rng = np.random.default_rng(args.seed)
+    lo = min(10, vocab // 2)  # avoid special ids
+    pairs = [
+        EncodedPair(
+            rng.integers(lo, vocab, args.prompt_len).tolist(),
+            rng.integers(lo, vocab, args.response_len).tolist(),
+            rng.integers(lo, vocab, args.response_len).tolist(),
+            i,
+        )
+        for i in range(args.pairs)
+    ]
+    return make_batch(pairs)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten
+
+    from tdpo_mlx import stats
+    from tdpo_mlx.losses import preference_loss
+
+    if args.no_compile:
+        stats._USE_COMPILE["on"] = False
+    print(f"device: {backend.device_info()}")
+    print(f"BLAS: {backend.blas_info()['note']}")
+    model, name, dtype = load_model(args)
+    if args.grad_checkpoint:
+        stats.enable_grad_checkpoint(model)
+    n_lora = attach_lora(model, args.lora_rank, args.seed)
+    vocab = stats._head_plan(model).vocab
+    batch = make_batch(args, vocab)
+    n_tok = 2 * args.pairs * (args.prompt_len + args.response_len)
+    print(f"model: {name}, dtype {dtype}, vocab {vocab}, {n_lora} LoRA layers of rank {args.lora_rank}")
+    print(f"batch: {args.pairs} pairs x (prompt {args.prompt_len} + response {args.response_len}) "
+          f"= {n_tok} tokens per step, loss {args.loss_type}")
+
+    def loss_fn(fast):
+        def f(m):
+            s = stats.batch_statistics(m, batch, fast=fast, chunk_size=args.chunk_size)
+            ch, rj = stats.split_pairs(s)
+            return preference_loss(ch, rj, args.loss_type, args.beta, args.alpha).losses.mean()
+        return f
+
+    vg = {k: nn.value_and_grad(model, loss_fn(k == "fast")) for k in ("plain", "fast")}
+    opt = optim.AdamW(learning_rate=1e-6)
+
+    # --- parity on identical parameters (also the untimed warm-up of each kind) ---
+    kinds = ["plain", "fast"] if args.only == "both" else [args.only]
+    result: dict = {}
+    if args.only == "both":
+        sp = stats.batch_statistics(model, batch, fast=False)
+        sf = stats.batch_statistics(model, batch, fast=True, chunk_size=args.chunk_size)
+        mx.eval(sp, sf)
+        rel = {}
+        for f_name in ("logps", "ref_logps", "logratio", "kl"):
+            a, b = getattr(sp, f_name), getattr(sf, f_name)
+            rel[f_name] = mx.max(mx.abs(a - b)).item() / max(mx.max(mx.abs(a)).item(), 1e-12)
+        del sp, sf
+        grads = {}
+        for k in kinds:
+            loss, g = vg[k](model)
+            mx.eval(loss, g)
+            grads[k] = (loss.item(), dict(tree_flatten(g)))
+        gp, gf = grads["plain"][1], grads["fast"][1]
+        grad_rel = max(mx.max(mx.abs(gp[k] - gf[k])).item() / max(mx.max(mx.abs(gp[k])).item(), 1e-30) for k in gp)
+        result.update(max_rel_diff=max(rel.values()), rel_diff=rel, max_grad_rel_diff=grad_rel,
+                      plain_loss=grads["plain"][0], fast_loss=grads["fast"][0])
+        print(f"parity: stats max rel diff {result['max_rel_diff']:.2e} {rel}; "
+              f"grad max rel diff {grad_rel:.2e}; loss plain {grads['plain'][0]:.6f} fast {grads['fast'][0]:.6f}")
+        del grads, gp, gf
+    else:
+        loss, g = vg[args.only](model)
+        mx.eval(loss, g)
+
+    def step(kind):
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        t = time.perf_counter()
+        loss, g = vg[kind](model)
+        opt.update(model, g)
+        mx.eval(loss, model.parameters(), opt.state)
+        dt = time.perf_counter() - t
+        return dt, mx.get_peak_memory() / 1e9
+
+    times = {k: [] for k in kinds}
+    peaks = {k: [] for k in kinds}
+    for i in range(args.steps):
+        order = kinds if i % 2 == 0 else kinds[::-1]
+        for k in order:
+            dt, pk = step(k)
+            times[k].append(dt)
+            peaks[k].append(pk)
+            print(f"step {i} {k:5s} {dt:8.2f} s  peak {pk:6.2f} GB", flush=True)
+
+    for k in kinds:
+        med = statistics.median(times[k])
+        result[f"{k}_step_s"] = med
+        result[f"{k}_peak_gb"] = max(peaks[k])
+        result[f"{k}_tokens_per_s"] = n_tok / med
+        print(f"{k:5s}: median {med:.2f} s/step, {n_tok / med:.1f} tokens/s, peak {max(peaks[k]):.2f} GB")
+    if args.only == "both":
+        result["step_ratio"] = result["fast_step_s"] / result["plain_step_s"]
+        result["memory_ratio"] = result["fast_peak_gb"] / result["plain_peak_gb"]
+        print(f"fast/plain: step time {result['step_ratio']:.3f}x, peak memory {result['memory_ratio']:.3f}x")
+    result.update(model=name, pairs=args.pairs, prompt_len=args.prompt_len, response_len=args.response_len,
+                  steps=args.steps, tokens_per_step=n_tok, lora_rank=args.lora_rank, loss_type=args.loss_type,
+                  dtype=str(dtype).replace("mlx.core.", ""), blas=backend.blas_info()["kind"],
+                  grad_checkpoint=args.grad_checkpoint, compile=not args.no_compile)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
