@@ -498,29 +498,17 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 
 def write_text_atomic(path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    import os
-    import pathlib
-    import tempfile
+    """Write ``text`` to ``path`` atomically (:func:`tdpo_mlx.atomic.write_text`)."""
+    from .atomic import write_text
 
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text(path, text)
 
 
 def write_jsonl_atomic(path, rows) -> None:
-    """Write dicts as JSON lines, atomically."""
-    import json
+    """Write dicts as JSON lines, atomically (:func:`tdpo_mlx.atomic.write_jsonl`)."""
+    from .atomic import write_jsonl
 
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl(path, rows)
 
 
 def read_prompts(path) -> list[str]:
