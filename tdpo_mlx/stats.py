@@ -182,8 +182,14 @@ def model_statistics(model, batch, reference_model=None, average_log_prob: bool 
 # (C, V) gradients through the frozen head right away into two (C, D) arrays and the custom VJP
 # only combines them: no logits are kept or recomputed for backward. A head with trainable
 # parameters (LoRA on lm_head, trained embeddings) takes the mx.checkpoint route instead.
+# Metal: mlx-lm's fused ``tuner.losses.kl_div_loss`` computes the same per-position KL, but its
+# VJP needs both (C, V) logits again in backward; the precomputed-gradient design above keeps
+# no logits at all, so the portable path is used on every backend (untested on Metal here).
+# Float32 note: MLX's CPU reductions over V add sequentially; at V = 262,144 both this path and
+# the plain one are only accurate to a few 1e-4 against float64 (they agree more closely with
+# each other, since they sum the same way).
 
-_CHUNK_BYTES = 64 * 2**20  # target size of one (C, V) float32 chunk of logits
+_CHUNK_BYTES = 32 * 2**20  # target size of one (C, V) float32 chunk of logits
 
 
 class _HeadPlan(NamedTuple):
@@ -408,7 +414,7 @@ def _has_trainable(module) -> bool:
 
 
 def default_chunk_size(vocab: int) -> int:
-    """Positions per chunk so that one (C, V) float32 logits block is about 64 MiB, in [8, 1024]."""
+    """Positions per chunk so that one (C, V) float32 logits block is about 32 MiB, in [8, 1024]."""
     c = max(8, min(1024, _CHUNK_BYTES // (4 * max(int(vocab), 1))))
     return 1 << (c.bit_length() - 1)  # a power of two
 
@@ -510,12 +516,14 @@ def batch_statistics(
     else:
         chunk = _frozen_head_chunk(pol, ref.head, differentiable)
     outs = []
-    sync = n_chunks > 1
+    # Without gradients, finish each chunk before queuing the next (MLX allocates an op's output
+    # when the op is queued, so the queue otherwise runs a few chunks' (C, V) blocks ahead).
+    # Never under value_and_grad: evaluated tracers keep their whole graph alive until backward,
+    # which would hold every chunk's (C, V) blocks (measured: 5x the memory).
+    sync = n_chunks > 1 and not differentiable
     for i in range(n_chunks):
         outs.append(chunk(hp[i * c:(i + 1) * c], hr[i * c:(i + 1) * c], tgt[i * c:(i + 1) * c]))
         if sync:
-            # Finish this chunk before the next is scheduled: MLX allocates outputs when an op is
-            # queued, so without this the CPU queue runs several chunks' (C, V) blocks ahead.
             sync = _eval_if_allowed(outs[-1])
     tok, ref_tok, kl = (mx.concatenate(list(v)) if n_chunks > 1 else v[0] for v in zip(*outs))
 
