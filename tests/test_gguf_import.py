@@ -652,20 +652,7 @@ def test_unknown_rope_freqs_is_an_error(tmp_path):
         gi.import_gguf(src, tmp_path / "out")
 
 
-_HIDE_TORCH = """
-import sys
-class _HideTorch:
-    def __init__(self, finder):
-        self._finder = finder
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            return None
-        find = getattr(self._finder, "find_spec", None)
-        return None if find is None else find(name, path, target)
-    def __getattr__(self, attr):
-        return getattr(self._finder, attr)
-sys.meta_path[:] = [_HideTorch(f) for f in sys.meta_path]
-"""
+from test_no_torch import SITECUSTOMIZE as _HIDE_TORCH  # noqa: E402  (one torch blocker for all tests)
 
 
 def test_import_works_without_torch(tmp_path):
