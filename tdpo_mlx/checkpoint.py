@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .atomic import save_safetensors, write_json, write_text
+from .atomic import save_safetensors, write_json
 
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -30,12 +30,6 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 LATEST = "latest.json"
 CHECKPOINTS = "checkpoints"
-
-
-# The trainer's names for the shared atomic writers.
-atomic_write_text = write_text
-atomic_write_json = write_json
-atomic_save_safetensors = save_safetensors
 
 
 def adapter_weights(model) -> dict:
@@ -49,8 +43,8 @@ def save_adapters(directory, model, adapter_config: dict) -> None:
     """Write ``adapters.safetensors`` and ``adapter_config.json`` (loadable by
     ``mlx_lm.load(base, adapter_path=directory)``) atomically into ``directory``."""
     directory = Path(directory)
-    atomic_save_safetensors(directory / ADAPTER_FILE, adapter_weights(model))
-    atomic_write_json(directory / ADAPTER_CONFIG, adapter_config)
+    save_safetensors(directory / ADAPTER_FILE, adapter_weights(model))
+    write_json(directory / ADAPTER_CONFIG, adapter_config)
 
 
 def save_checkpoint(adapter_path, step: int, model, optimizer, adapter_config: dict, state: dict,
@@ -79,15 +73,15 @@ def save_checkpoint(adapter_path, step: int, model, optimizer, adapter_config: d
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         save_adapters(tmp, model, adapter_config)
-        atomic_save_safetensors(tmp / OPTIMIZER_FILE, dict(tree_flatten(optimizer.state)))
-        atomic_write_json(tmp / STATE_FILE, {**state, "step": step})
+        save_safetensors(tmp / OPTIMIZER_FILE, dict(tree_flatten(optimizer.state)))
+        write_json(tmp / STATE_FILE, {**state, "step": step})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write_json(root / LATEST, {"step": step, "dir": name})
+    write_json(root / LATEST, {"step": step, "dir": name})
     if keep:
         old = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p != final)
         for p in old[: max(0, len(old) - (keep - 1))]:

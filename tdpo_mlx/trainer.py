@@ -33,10 +33,9 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
+from .atomic import write_json, write_jsonl
 from .checkpoint import (
     ADAPTER_CONFIG,
-    atomic_write_json,
-    atomic_write_text,
     find_checkpoint,
     load_checkpoint,
     save_adapters,
@@ -450,7 +449,7 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
         history = _read_metrics(metrics_path, step)
         last_ckpt = str(ck)
         say(f"resumed from {ck} at step {step} (epoch {it.epoch}, batch {it.position}); continuing at step {step + 1}")
-    atomic_write_json(out_dir / ADAPTER_CONFIG, adapter_cfg)
+    write_json(out_dir / ADAPTER_CONFIG, adapter_cfg)
 
     from .models import count_trainable
 
@@ -460,7 +459,7 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
 
     def log(record: dict) -> None:
         history.append(record)
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        write_jsonl(metrics_path, history)
         if callback is not None:
             callback(dict(record))
 

@@ -9,6 +9,8 @@ import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from .generate import add_sampling_options
+
     p = subparsers.add_parser(
         "eval",
         help="evaluate trained adapters against the reference on held-out prompts",
@@ -23,11 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="prompt file: one per line, or JSON lines with 'prompt'")
     p.add_argument("--reward", default="sentiment", help="'sentiment' (VADER compound) or module:function")
     p.add_argument("--samples-per-prompt", type=int, default=2, help="samples per prompt from each model")
-    p.add_argument("--max-tokens", type=int, default=48, help="maximum new tokens per sample")
-    p.add_argument("--temp", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same for policy and reference)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences decoded together")
+    add_sampling_options(p, max_tokens=48, batch_size=16)
     p.add_argument("--score-batch-size", type=int, default=8, help="rows per teacher-forced KL forward")
     p.add_argument("--out", required=True, help="output folder (eval.json, eval.md, samples.jsonl)")
     p.set_defaults(func=run)

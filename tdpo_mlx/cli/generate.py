@@ -7,6 +7,15 @@ import json
 import sys
 
 
+def add_sampling_options(p, *, max_tokens: int, batch_size: int) -> None:
+    """Sampling options shared by ``generate`` and ``eval`` (mlx-lm's sampler settings)."""
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help="maximum new tokens per sample")
+    p.add_argument("--temp", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same for policy and reference)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="sequences decoded together")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "generate",
@@ -21,11 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--prompt", help="a prompt text")
     src.add_argument("--prompt-file", help="file of prompts")
     p.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
-    p.add_argument("--temp", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--max-tokens", type=int, default=64, help="maximum new tokens per completion")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences decoded together")
+    add_sampling_options(p, max_tokens=64, batch_size=8)
     p.add_argument("--json", action="store_true", help="print one JSON object per completion")
     p.set_defaults(func=run)
     return p
