@@ -4,7 +4,7 @@
 Both steps are ``nn.value_and_grad`` of the TDPO loss + an AdamW update of the LoRA
 parameters; "plain" computes the statistics with :func:`tdpo_mlx.stats.model_statistics`
 ((2B, L-1, V) logits for policy and reference), "fast" with
-:func:`tdpo_mlx.stats.batch_statistics`. They run alternately in one process (plain, fast,
+:func:`tdpo_mlx.fast_stats.batch_statistics`. They run alternately in one process (plain, fast,
 then fast, plain, ...) so machine noise hits both; medians are reported.
 
 Before timing, both are evaluated on the same parameters: ``max_rel_diff`` compares the
@@ -38,8 +38,9 @@ from tdpo_mlx import backend  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--model", default="gemma3-270m", help="model path or named source (resolve_model_path)")
     p.add_argument("--tiny", action="store_true", help="tiny random Gemma-3-shaped model instead of --model")
     p.add_argument("--pairs", type=int, default=2)
@@ -65,9 +66,17 @@ def tiny_model(seed: int):
 
     mx.random.seed(seed)
     args = gemma3_text.ModelArgs(
-        model_type="gemma3_text", hidden_size=128, num_hidden_layers=2, intermediate_size=256,
-        num_attention_heads=2, head_dim=64, rms_norm_eps=1e-6, vocab_size=32000,
-        num_key_value_heads=1, sliding_window=64, sliding_window_pattern=2,
+        model_type="gemma3_text",
+        hidden_size=128,
+        num_hidden_layers=2,
+        intermediate_size=256,
+        num_attention_heads=2,
+        head_dim=64,
+        rms_norm_eps=1e-6,
+        vocab_size=32000,
+        num_key_value_heads=1,
+        sliding_window=64,
+        sliding_window_pattern=2,
     )
     model = gemma3_text.Model(args)
     model.tie_word_embeddings = True
@@ -85,14 +94,13 @@ def load_model(args):
     else:
         from mlx_lm.utils import load
 
-        from tdpo_mlx.gguf_import import resolve_model_path
+        from tdpo_mlx.gguf import resolve_model_path
 
         path = resolve_model_path(args.model)
         model, _ = load(path)
         name = f"{args.model} ({path})"
     dtype = backend.default_compute_dtype()
-    model.update(tree_map(lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a,
-                          model.parameters()))
+    model.update(tree_map(lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a, model.parameters()))
     return model, name, dtype
 
 
@@ -140,7 +148,7 @@ def main(argv=None) -> int:
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
 
-    from tdpo_mlx import stats
+    from tdpo_mlx import fast_stats as stats
     from tdpo_mlx.losses import preference_loss
 
     if args.no_compile:
@@ -156,14 +164,17 @@ def main(argv=None) -> int:
     batch = make_batch(args, vocab)
     n_tok = 2 * args.pairs * (args.prompt_len + args.response_len)
     print(f"model: {name}, dtype {dtype}, vocab {vocab}, {n_lora} LoRA layers of rank {args.lora_rank}")
-    print(f"batch: {args.pairs} pairs x (prompt {args.prompt_len} + response {args.response_len}) "
-          f"= {n_tok} tokens per step, loss {args.loss_type}")
+    print(
+        f"batch: {args.pairs} pairs x (prompt {args.prompt_len} + response {args.response_len}) "
+        f"= {n_tok} tokens per step, loss {args.loss_type}"
+    )
 
     def loss_fn(fast):
         def f(m):
             s = stats.batch_statistics(m, batch, fast=fast, chunk_size=args.chunk_size)
             ch, rj = stats.split_pairs(s)
             return preference_loss(ch, rj, args.loss_type, args.beta, args.alpha).losses.mean()
+
         return f
 
     vg = {k: nn.value_and_grad(model, loss_fn(k == "fast")) for k in ("plain", "fast")}
@@ -188,13 +199,22 @@ def main(argv=None) -> int:
             grads[k] = (loss.item(), dict(tree_flatten(g)))
         gp, gf = grads["plain"][1], grads["fast"][1]
         grad_rel = max(mx.max(mx.abs(gp[k] - gf[k])).item() / max(mx.max(mx.abs(gp[k])).item(), 1e-30) for k in gp)
-        grad_norm_rel = (sum(mx.sum((gp[k] - gf[k]) ** 2).item() for k in gp)
-                         / max(sum(mx.sum(gp[k] ** 2).item() for k in gp), 1e-30)) ** 0.5
+        grad_norm_rel = (
+            sum(mx.sum((gp[k] - gf[k]) ** 2).item() for k in gp)
+            / max(sum(mx.sum(gp[k] ** 2).item() for k in gp), 1e-30)
+        ) ** 0.5
         result["grad_norm_rel_diff"] = grad_norm_rel  # ||g_fast - g_plain|| / ||g_plain|| over all LoRA params
-        result.update(max_rel_diff=max(rel.values()), rel_diff=rel, max_grad_rel_diff=grad_rel,
-                      plain_loss=grads["plain"][0], fast_loss=grads["fast"][0])
-        print(f"parity: stats max rel diff {result['max_rel_diff']:.2e} {rel}; "
-              f"grad max rel diff {grad_rel:.2e} (per parameter), {grad_norm_rel:.2e} (norm); loss plain {grads['plain'][0]:.6f} fast {grads['fast'][0]:.6f}")
+        result.update(
+            max_rel_diff=max(rel.values()),
+            rel_diff=rel,
+            max_grad_rel_diff=grad_rel,
+            plain_loss=grads["plain"][0],
+            fast_loss=grads["fast"][0],
+        )
+        print(
+            f"parity: stats max rel diff {result['max_rel_diff']:.2e} {rel}; "
+            f"grad max rel diff {grad_rel:.2e} (per parameter), {grad_norm_rel:.2e} (norm); loss plain {grads['plain'][0]:.6f} fast {grads['fast'][0]:.6f}"
+        )
         del grads, gp, gf
     else:
         loss, g = vg[args.only](model)
@@ -234,10 +254,20 @@ def main(argv=None) -> int:
         result["memory_ratio"] = result["fast_peak_gb"] / result["plain_peak_gb"]
         result["cpu_ratio"] = result["fast_cpu_s"] / result["plain_cpu_s"]
         print(f"fast/plain: step time {result['step_ratio']:.3f}x, peak memory {result['memory_ratio']:.3f}x")
-    result.update(model=name, pairs=args.pairs, prompt_len=args.prompt_len, response_len=args.response_len,
-                  steps=args.steps, tokens_per_step=n_tok, lora_rank=args.lora_rank, loss_type=args.loss_type,
-                  dtype=str(dtype).replace("mlx.core.", ""), blas=backend.blas_info()["kind"],
-                  grad_checkpoint=args.grad_checkpoint, compile=not args.no_compile)
+    result.update(
+        model=name,
+        pairs=args.pairs,
+        prompt_len=args.prompt_len,
+        response_len=args.response_len,
+        steps=args.steps,
+        tokens_per_step=n_tok,
+        lora_rank=args.lora_rank,
+        loss_type=args.loss_type,
+        dtype=str(dtype).replace("mlx.core.", ""),
+        blas=backend.blas_info()["kind"],
+        grad_checkpoint=args.grad_checkpoint,
+        compile=not args.no_compile,
+    )
     print(json.dumps(result))
     return 0
 

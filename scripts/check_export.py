@@ -38,10 +38,10 @@ TEXT = "The quick brown fox jumps over the lazy dog. It was a sunny day, and eve
 
 def mlx_logits(model_dir, adapter_path, ids) -> np.ndarray:
     """float32 logits (L, V) of the mlx-lm model (adapter attached when given)."""
-    import tdpo_mlx  # noqa: F401
     import mlx.core as mx
     from mlx.utils import tree_map
 
+    import tdpo_mlx  # noqa: F401
     from tdpo_mlx.export import load_for_export
 
     model, _ = load_for_export(Path(model_dir), adapter_path)
@@ -105,7 +105,10 @@ def peft_model(base_hf_dir, peft_dir):
     saved = load_file(str(Path(peft_dir) / "adapter_model.safetensors"))
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
-    diff = max((float(np.abs(expected[k] - saved[k].astype(np.float32)).max()) for k in set(saved) & set(expected)), default=0.0)
+    diff = max(
+        (float(np.abs(expected[k] - saved[k].astype(np.float32)).max()) for k in set(saved) & set(expected)),
+        default=0.0,
+    )
     return model, missing, unexpected, diff
 
 

@@ -126,10 +126,7 @@ def load_fast_blas() -> str | None:
                 _BLAS_STATE["note"] = f"loaded {kind} from {path}"
                 log.debug(_BLAS_STATE["note"])
                 return path
-    _BLAS_STATE["note"] = (
-        "no optimized CBLAS found: the mlx wheel's own (slow) BLAS is used; "
-        + install_hint()
-    )
+    _BLAS_STATE["note"] = "no optimized CBLAS found: the mlx wheel's own (slow) BLAS is used; " + install_hint()
     log.debug(_BLAS_STATE["note"])
     return None
 

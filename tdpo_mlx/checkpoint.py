@@ -47,8 +47,9 @@ def save_adapters(directory, model, adapter_config: dict) -> None:
     write_json(directory / ADAPTER_CONFIG, adapter_config)
 
 
-def save_checkpoint(adapter_path, step: int, model, optimizer, adapter_config: dict, state: dict,
-                    keep: int = 2) -> Path:
+def save_checkpoint(
+    adapter_path, step: int, model, optimizer, adapter_config: dict, state: dict, keep: int = 2
+) -> Path:
     """Write a full checkpoint for ``step`` and point ``checkpoints/latest.json`` at it.
 
     Args:
@@ -107,9 +108,7 @@ def find_checkpoint(resume: str, adapter_path) -> Path:
         if (ck / STATE_FILE).exists():
             return ck
         raise FileNotFoundError(f"{latest} points at {ck}, which has no {STATE_FILE}")
-    raise FileNotFoundError(
-        f"--resume {resume}: no checkpoint found ({cand / STATE_FILE} or {latest} does not exist)"
-    )
+    raise FileNotFoundError(f"--resume {resume}: no checkpoint found ({cand / STATE_FILE} or {latest} does not exist)")
 
 
 def load_checkpoint(directory, model, optimizer) -> dict:
@@ -132,11 +131,16 @@ def load_checkpoint(directory, model, optimizer) -> dict:
     have = adapter_weights(model)
     errors = [f"  {k}: missing in the checkpoint" for k in have if k not in weights]
     errors += [f"  {k}: not an adapter of this model" for k in weights if k not in have]
-    errors += [f"  {k}: shape {tuple(v.shape)} != model {tuple(have[k].shape)}"
-               for k, v in weights.items() if k in have and v.shape != have[k].shape]
+    errors += [
+        f"  {k}: shape {tuple(v.shape)} != model {tuple(have[k].shape)}"
+        for k, v in weights.items()
+        if k in have and v.shape != have[k].shape
+    ]
     if errors:
-        raise ValueError(f"checkpoint {directory} does not match the model's adapters "
-                         "(same --lora-* options needed):\n" + "\n".join(errors[:20]))
+        raise ValueError(
+            f"checkpoint {directory} does not match the model's adapters "
+            "(same --lora-* options needed):\n" + "\n".join(errors[:20])
+        )
     model.load_weights(list(weights.items()), strict=False)
     opt_state = mx.load(str(directory / OPTIMIZER_FILE))
     optimizer.state = tree_unflatten(list(opt_state.items()))

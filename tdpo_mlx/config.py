@@ -48,11 +48,18 @@ class TrainConfig:
     lora_scale: float | None = _f(None, "LoRA scale, overrides alpha / rank when given")
     lora_dropout: float = _f(0.0, "dropout on the adapter input during training")
     lora_layers: int = _f(-1, "adapt the last N transformer blocks (-1 = all)")
-    lora_keys: list | None = _f(None, "block-relative module paths to adapt, e.g. self_attn.q_proj self_attn.v_proj "
-                                      "(bare names like q_proj match any block path; None = every linear layer)",
-                                nargs="+")
+    lora_keys: list | None = _f(
+        None,
+        "block-relative module paths to adapt, e.g. self_attn.q_proj self_attn.v_proj "
+        "(bare names like q_proj match any block path; None = every linear layer)",
+        nargs="+",
+    )
     dora: bool = _f(False, "train DoRA (weight-decomposed LoRA) instead of LoRA")
-    quantize: int | None = _f(None, "quantize the frozen base (and --ref-model) to 4 or 8 bits at load (QLoRA); saved adapters still load on the float base", choices=(4, 8))
+    quantize: int | None = _f(
+        None,
+        "quantize the frozen base (and --ref-model) to 4 or 8 bits at load (QLoRA); saved adapters still load on the float base",
+        choices=(4, 8),
+    )
     dtype: str | None = _f(None, "compute dtype (float32, bfloat16, float16); None = float32 on CPU, bfloat16 on GPU")
     grad_checkpoint: bool = _f(False, "recompute block activations in the backward pass (less memory, ~30%% slower)")
 
@@ -77,8 +84,9 @@ class TrainConfig:
     lr: float = _f(5e-5, "peak learning rate (paper: 5e-6 for full fine-tuning; LoRA default 5e-5)")
     weight_decay: float = _f(0.0, "decoupled weight decay (adamw only)")
     warmup_steps: int = _f(150, "linear warm-up steps: lr * min(1, (step + 1) / (warmup + 1)) as in the paper's code")
-    lr_schedule: str = _f("constant", "after warm-up: constant, or cosine decay to 0 at the last step",
-                          choices=LR_SCHEDULES)
+    lr_schedule: str = _f(
+        "constant", "after warm-up: constant, or cosine decay to 0 at the last step", choices=LR_SCHEDULES
+    )
     batch_size: int = _f(4, "preference pairs per micro-batch")
     grad_accum: int = _f(1, "micro-batches per optimizer step (effective batch = batch-size x grad-accum pairs)")
     max_grad_norm: float = _f(10.0, "clip the global gradient norm to this value (0 = no clipping)")
@@ -95,12 +103,13 @@ class TrainConfig:
     resume: str | None = _f(None, "resume from a checkpoint directory, or from ADAPTER_PATH's latest with 'latest'")
     progress: bool = _f(True, "show a progress bar")
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check ranges and choices; returns self.
 
         Raises:
             ValueError: naming the option and the allowed values.
         """
+
         def bad(name, why):
             raise ValueError(f"--{name.replace('_', '-')}: {why}")
 
@@ -139,7 +148,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
         """Build from a dict whose keys are option names (``-`` or ``_``); unknown keys raise."""
         return cls(**normalize_keys(d, source))
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -58,7 +58,7 @@ class Sample:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "Sample":
+    def from_json(cls, d: dict) -> Sample:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
 
 
@@ -152,9 +152,7 @@ def generate_samples(
             ids = tokens[u]
             finished = bool(ids) and ids[-1] in eos and reason[u] == "stop"
             text_ids = ids[:-1] if finished else ids
-            out.append(
-                Sample(i, k, prompts[i], tokenizer.decode(text_ids), prompt_ids[i], ids, finished)
-            )
+            out.append(Sample(i, k, prompts[i], tokenizer.decode(text_ids), prompt_ids[i], ids, finished))
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
@@ -296,7 +294,7 @@ def _logits_at(model, inputs: mx.array, pos: mx.array) -> mx.array:
     idx = pos[..., None]
     plan = None
     try:
-        from .stats import _post_logits, _verified_plan
+        from .fast_stats import _post_logits, _verified_plan
 
         plan = _verified_plan(model)
     except ImportError:
@@ -431,21 +429,42 @@ def evaluate_policy(
     if reference is None:
         with adapters_disabled(model):
             ref_samples = generate_samples(
-                model, tokenizer, prompts, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
-                temp=temp, top_p=top_p, seed=seed, batch_size=batch_size, progress=progress,
+                model,
+                tokenizer,
+                prompts,
+                samples_per_prompt=samples_per_prompt,
+                max_tokens=max_tokens,
+                temp=temp,
+                top_p=top_p,
+                seed=seed,
+                batch_size=batch_size,
+                progress=progress,
                 desc="sample reference",
             )
             ref_stats = sample_statistics(
-                model, ref_samples, compute_kl=False, batch_size=score_batch_size, pad_id=pad_id,
-                progress=progress, desc="score reference",
+                model,
+                ref_samples,
+                compute_kl=False,
+                batch_size=score_batch_size,
+                pad_id=pad_id,
+                progress=progress,
+                desc="score reference",
             )
         ref_rewards = list(reward_fn([s.prompt for s in ref_samples], [s.completion for s in ref_samples]))
         ref_row = summarize("reference", ref_samples, ref_rewards, ref_stats, ref_rewards)
     else:
         ref_samples, ref_rewards, ref_row = reference
     samples = generate_samples(
-        model, tokenizer, prompts, samples_per_prompt=samples_per_prompt, max_tokens=max_tokens,
-        temp=temp, top_p=top_p, seed=seed, batch_size=batch_size, progress=progress,
+        model,
+        tokenizer,
+        prompts,
+        samples_per_prompt=samples_per_prompt,
+        max_tokens=max_tokens,
+        temp=temp,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
         desc=f"sample {name}",
     )
     stats = sample_statistics(
@@ -531,7 +550,7 @@ def read_prompts(path) -> list[str]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); expected {{\"prompt\": \"...\"}}") from e
+                raise ValueError(f'{path}:{n}: not valid JSON ({e.msg}); expected {{"prompt": "..."}}') from e
             if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
                 raise ValueError(f"{path}:{n}: expected an object with a string 'prompt' field")
             prompts.append(rec["prompt"])
@@ -576,8 +595,13 @@ def load_model(model: str, adapter_path=None):
         cfg = json.loads((ap / "adapter_config.json").read_text(encoding="utf-8"))
         lp = cfg.get("lora_parameters", {})
         m, tok = load_policy(
-            model, lora_rank=int(lp.get("rank", 8)), lora_scale=lp.get("scale"), lora_layers=int(cfg.get("num_layers", -1)),
-            lora_keys=lp.get("keys"), dora=cfg.get("fine_tune_type") == "dora", quantize=cfg.get("quantize"),
+            model,
+            lora_rank=int(lp.get("rank", 8)),
+            lora_scale=lp.get("scale"),
+            lora_layers=int(cfg.get("num_layers", -1)),
+            lora_keys=lp.get("keys"),
+            dora=cfg.get("fine_tune_type") == "dora",
+            quantize=cfg.get("quantize"),
         )
         load_adapter_weights(m, ap / "adapters.safetensors")
     _cast_floats(m)
@@ -598,8 +622,10 @@ def load_adapter_weights(model, path) -> None:
     params = dict(tree_flatten(model.parameters()))
     missing = [k for k in weights if k not in params]
     if missing:
-        raise ValueError(f"{path}: {len(missing)} adapter tensors do not exist in the model, e.g. {missing[:3]} "
-                         "(were the adapters trained on another model or LoRA layout?)")
+        raise ValueError(
+            f"{path}: {len(missing)} adapter tensors do not exist in the model, e.g. {missing[:3]} "
+            "(were the adapters trained on another model or LoRA layout?)"
+        )
     bad = [k for k, v in weights.items() if tuple(v.shape) != tuple(params[k].shape)]
     if bad:
         raise ValueError(f"{path}: shape mismatch for {bad[:3]}")

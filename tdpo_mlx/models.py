@@ -34,7 +34,7 @@ def adapters_disabled(model: nn.Module):
     if not wrappers:
         yield model
         return
-    base = [(name, getattr(m, "linear", None) or getattr(m, "embedding")) for name, m in wrappers]
+    base = [(name, getattr(m, "linear", None) or m.embedding) for name, m in wrappers]
     model.update_modules(tree_unflatten(base))
     try:
         yield model
@@ -53,11 +53,11 @@ def resolve_model(name_or_path: str) -> str:
     """A local mlx-lm model directory (or hub id) for ``name_or_path``.
 
     Named sources such as ``gemma3-270m`` are resolved by
-    :func:`tdpo_mlx.gguf_import.resolve_model_path` (imported lazily; when that module is not
+    :func:`tdpo_mlx.gguf.resolve_model_path` (imported lazily; when that module is not
     installed the argument is returned unchanged).
     """
     try:
-        from .gguf_import import resolve_model_path
+        from .gguf import resolve_model_path
     except ImportError:
         return str(name_or_path)
     return str(resolve_model_path(str(name_or_path)))
@@ -79,8 +79,14 @@ def parse_dtype(dtype):
         return default_compute_dtype()
     if isinstance(dtype, mx.Dtype):
         return dtype
-    names = {"float32": mx.float32, "fp32": mx.float32, "bfloat16": mx.bfloat16, "bf16": mx.bfloat16,
-             "float16": mx.float16, "fp16": mx.float16}
+    names = {
+        "float32": mx.float32,
+        "fp32": mx.float32,
+        "bfloat16": mx.bfloat16,
+        "bf16": mx.bfloat16,
+        "float16": mx.float16,
+        "fp16": mx.float16,
+    }
     try:
         return names[str(dtype).lower()]
     except KeyError:
@@ -248,8 +254,14 @@ def load_policy(
         cfg = {k: full[k] for k in ("fine_tune_type", "num_layers", "lora_parameters") if k in full}
     elif adapters:
         cfg = attach_adapters(
-            m, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_scale=lora_scale, lora_dropout=lora_dropout,
-            lora_layers=lora_layers, lora_keys=lora_keys, dora=dora,
+            m,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_scale=lora_scale,
+            lora_dropout=lora_dropout,
+            lora_layers=lora_layers,
+            lora_keys=lora_keys,
+            dora=dora,
         )
     else:
         m.freeze()

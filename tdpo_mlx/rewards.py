@@ -19,7 +19,7 @@ import importlib.util
 import math
 import pathlib
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 

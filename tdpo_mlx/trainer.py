@@ -43,17 +43,35 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import BatchIterator, make_batch
+from .fast_stats import batch_statistics, enable_grad_checkpoint
 from .losses import pair_metrics, preference_loss
 from .stats import split_pairs
 
 __all__ = [
-    "TrainConfig", "NonFiniteLossError", "METRIC_KEYS", "batch_loss", "accumulate_gradients",
-    "build_schedule", "build_optimizer", "evaluate", "load_data", "split_holdout", "train",
+    "TrainConfig",
+    "NonFiniteLossError",
+    "METRIC_KEYS",
+    "batch_loss",
+    "accumulate_gradients",
+    "build_schedule",
+    "build_optimizer",
+    "evaluate",
+    "load_data",
+    "split_holdout",
+    "train",
 ]
 
 METRIC_KEYS = (
-    "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-    "logps/chosen", "logps/rejected", "kl/chosen", "kl/rejected", "kl/margin",
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "kl/chosen",
+    "kl/rejected",
+    "kl/margin",
 )
 METRICS_FILE = "metrics.jsonl"
 
@@ -74,24 +92,27 @@ class NonFiniteLossError(RuntimeError):
 # Loss over one batch and gradient accumulation
 # --------------------------------------------------------------------------------------------
 
+
 def _statistics(model, batch, reference_model=None, average_log_prob=False, differentiable=True):
-    """Per-sequence statistics of a batch: :func:`tdpo_mlx.stats.batch_statistics` (fast,
-    response-only LM head) when available, else the plain :func:`~tdpo_mlx.stats.model_statistics`."""
-    import inspect
-
-    from . import stats
-
-    fast = getattr(stats, "batch_statistics", None)
-    if fast is not None:
-        kw = {}
-        if not differentiable and "differentiable" in inspect.signature(fast).parameters:
-            kw["differentiable"] = False  # evaluation: skip the work only backward needs
-        return fast(model, batch, reference_model=reference_model, average_log_prob=average_log_prob, fast=True, **kw)
-    return stats.model_statistics(model, batch, reference_model=reference_model, average_log_prob=average_log_prob)
+    """Per-sequence statistics of a batch through :func:`tdpo_mlx.fast_stats.batch_statistics`
+    (response-only LM head; ``differentiable=False`` skips the work only backward needs)."""
+    return batch_statistics(
+        model, batch, reference_model=reference_model, average_log_prob=average_log_prob, differentiable=differentiable
+    )
 
 
-def batch_loss(model, batch, *, loss_type="tdpo2", beta=0.1, alpha=0.5, reference_model=None,
-               average_log_prob=False, total_pairs=None, differentiable=True):
+def batch_loss(
+    model,
+    batch,
+    *,
+    loss_type="tdpo2",
+    beta=0.1,
+    alpha=0.5,
+    reference_model=None,
+    average_log_prob=False,
+    total_pairs=None,
+    differentiable=True,
+):
     """Training objective of one (micro-)batch.
 
     Args:
@@ -107,8 +128,9 @@ def batch_loss(model, batch, *, loss_type="tdpo2", beta=0.1, alpha=0.5, referenc
         ``(loss, sums)``: loss a scalar float32 = sum_i loss_i / total_pairs; ``sums`` a dict of
         scalar sums over the B pairs for each key of :data:`METRIC_KEYS` (stop-gradient).
     """
-    stats = _statistics(model, batch, reference_model=reference_model, average_log_prob=average_log_prob,
-                        differentiable=differentiable)
+    stats = _statistics(
+        model, batch, reference_model=reference_model, average_log_prob=average_log_prob, differentiable=differentiable
+    )
     chosen, rejected = split_pairs(stats)
     out = preference_loss(chosen, rejected, loss_type, beta, alpha)
     per_pair = pair_metrics(chosen, rejected, out)
@@ -153,10 +175,10 @@ def accumulate_gradients(model, batches, **loss_kw) -> StepResult:
     value_and_grad = nn.value_and_grad(model, fn)
     grads, loss, sums, tokens = None, 0.0, {}, 0
     for b in batches:
-        (l, s), g = value_and_grad(b)
+        (part_loss, s), g = value_and_grad(b)
         grads = g if grads is None else tree_map(mx.add, grads, g)
-        mx.eval(grads, l, s)
-        loss += l.item()
+        mx.eval(grads, part_loss, s)
+        loss += part_loss.item()
         for k, v in s.items():
             sums[k] = sums.get(k, 0.0) + v.item()
         tokens += b.n_tokens
@@ -166,6 +188,7 @@ def accumulate_gradients(model, batches, **loss_kw) -> StepResult:
 # --------------------------------------------------------------------------------------------
 # Optimizer and schedule
 # --------------------------------------------------------------------------------------------
+
 
 def build_schedule(lr: float, warmup_steps: int, lr_schedule: str = "constant", total_steps: int = 1):
     """Learning rate as a function of the optimizer step s (0-based).
@@ -213,6 +236,7 @@ def _global_norm(grads) -> mx.array:
 # Data
 # --------------------------------------------------------------------------------------------
 
+
 def split_holdout(pairs, fraction: float, seed: int = 0):
     """Deterministically hold out ``round(fraction * n)`` pairs (at least 1 when fraction > 0).
 
@@ -247,8 +271,12 @@ def load_data(config: TrainConfig, tokenizer, log=print):
     load = getattr(data, "load_preference_data", None)
     if load is None:
         raise RuntimeError("tdpo_mlx.data.load_preference_data is not available in this build")
-    kw = dict(tokenizer=tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-              truncation_mode=config.truncation_mode)
+    kw = dict(
+        tokenizer=tokenizer,
+        max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length,
+        truncation_mode=config.truncation_mode,
+    )
     pairs, summary = load(config.data, split=config.split, **kw)
     log(f"train data {config.data}: " + _summary_text(summary))
     if config.eval_data:
@@ -258,7 +286,9 @@ def load_data(config: TrainConfig, tokenizer, log=print):
     else:
         train_pairs, eval_pairs = split_holdout(pairs, config.eval_fraction, config.seed)
         if eval_pairs:
-            log(f"held out {len(eval_pairs)} of {len(pairs)} pairs for evaluation (--eval-fraction {config.eval_fraction})")
+            log(
+                f"held out {len(eval_pairs)} of {len(pairs)} pairs for evaluation (--eval-fraction {config.eval_fraction})"
+            )
     if config.max_eval_pairs and len(eval_pairs) > config.max_eval_pairs:
         eval_pairs = eval_pairs[: config.max_eval_pairs]
         log(f"evaluating on the first {config.max_eval_pairs} held-out pairs (--max-eval-pairs)")
@@ -281,6 +311,7 @@ def _pad_id(tokenizer) -> int:
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
+
 
 def evaluate(model, batches, *, prefix="eval_", **loss_kw) -> dict:
     """Metrics averaged over all pairs of ``batches`` (no gradient, eval mode: no dropout).
@@ -306,6 +337,7 @@ def evaluate(model, batches, *, prefix="eval_", **loss_kw) -> dict:
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
+
 
 def _step_seed(seed: int, step: int) -> int:
     return (int(seed) * 1_000_003 + int(step)) % (2**32)
@@ -357,8 +389,9 @@ def _read_metrics(path: Path, upto_step: int) -> list[dict]:
     return out
 
 
-def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, reference=None,
-          train_pairs=None, eval_pairs=None) -> dict:
+def train(
+    config: TrainConfig, *, callback=None, model=None, tokenizer=None, reference=None, train_pairs=None, eval_pairs=None
+) -> dict:
     """Train adapters with TDPO (or DPO/SFT) and write them to ``config.adapter_path``.
 
     Args:
@@ -397,9 +430,16 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
     mx.random.seed(config.seed)
     if model is None:
         model, tokenizer = load_policy(
-            config.model, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, lora_scale=config.lora_scale,
-            lora_dropout=config.lora_dropout, lora_layers=config.lora_layers, lora_keys=config.lora_keys,
-            dora=config.dora, quantize=config.quantize, dtype=config.dtype,
+            config.model,
+            lora_rank=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_scale=config.lora_scale,
+            lora_dropout=config.lora_dropout,
+            lora_layers=config.lora_layers,
+            lora_keys=config.lora_keys,
+            dora=config.dora,
+            quantize=config.quantize,
+            dtype=config.dtype,
         )
     if reference is None and config.ref_model:
         reference = load_reference(config.ref_model, quantize=config.quantize, dtype=config.dtype)
@@ -409,21 +449,20 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
             eval_pairs = loaded_eval
     eval_pairs = list(eval_pairs or [])
     if config.grad_checkpoint:
-        from . import stats as _stats
+        enable_grad_checkpoint(model)
 
-        if hasattr(_stats, "enable_grad_checkpoint"):
-            _stats.enable_grad_checkpoint(model)
-        else:
-            from mlx_lm.tuner.trainer import grad_checkpoint
-
-            grad_checkpoint(model.layers[0])
-
-    loss_kw = dict(loss_type=config.loss, beta=config.beta, alpha=config.alpha, reference_model=reference,
-                   average_log_prob=config.average_log_prob)
+    loss_kw = dict(
+        loss_type=config.loss,
+        beta=config.beta,
+        alpha=config.alpha,
+        reference_model=reference,
+        average_log_prob=config.average_log_prob,
+    )
     pad_id = _pad_id(tokenizer)
     it = BatchIterator(train_pairs, config.batch_size, seed=config.seed, pad_id=pad_id)
-    eval_batches = [make_batch(eval_pairs[i:i + config.batch_size], pad_id)
-                    for i in range(0, len(eval_pairs), config.batch_size)]
+    eval_batches = [
+        make_batch(eval_pairs[i : i + config.batch_size], pad_id) for i in range(0, len(eval_pairs), config.batch_size)
+    ]
     total = _total_steps(config, it.batches_per_epoch)
     optimizer = build_optimizer(config, total)
 
@@ -434,8 +473,13 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
         **base_cfg,
         "base_model": config.model,
         "quantize": config.quantize,
-        "tdpo": {"loss": config.loss, "beta": config.beta, "alpha": config.alpha,
-                 "average_log_prob": config.average_log_prob, "reference": config.ref_model or "base (adapters off)"},
+        "tdpo": {
+            "loss": config.loss,
+            "beta": config.beta,
+            "alpha": config.alpha,
+            "average_log_prob": config.average_log_prob,
+            "reference": config.ref_model or "base (adapters off)",
+        },
         "train_config": config.to_dict(),
     }
 
@@ -454,8 +498,10 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
     from .models import count_trainable
 
     n_trainable = count_trainable(model)
-    say(f"policy: {n_trainable:,} trainable parameters; {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs; "
-        f"{total} steps x {config.batch_size * config.grad_accum} pair(s) ({it.batches_per_epoch} batches/epoch)")
+    say(
+        f"policy: {n_trainable:,} trainable parameters; {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs; "
+        f"{total} steps x {config.batch_size * config.grad_accum} pair(s) ({it.batches_per_epoch} batches/epoch)"
+    )
 
     def log(record: dict) -> None:
         history.append(record)
@@ -481,22 +527,28 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
         nonlocal last_ckpt
         adapter_cfg["steps"] = step  # optimizer steps behind these adapters (read by the model card)
         save_adapters(out_dir, model, adapter_cfg)
-        state = {"data": it.state_dict(), "epoch": epoch_pos(), "total_steps": total,
-                 "rng": {"scheme": "mx.random.seed((seed * 1000003 + step) mod 2^32) before each step",
-                         "seed": config.seed},
-                 "config": config.to_dict()}
-        last_ckpt = str(save_checkpoint(out_dir, step, model, optimizer, adapter_cfg, state,
-                                        keep=config.keep_checkpoints))
+        state = {
+            "data": it.state_dict(),
+            "epoch": epoch_pos(),
+            "total_steps": total,
+            "rng": {"scheme": "mx.random.seed((seed * 1000003 + step) mod 2^32) before each step", "seed": config.seed},
+            "config": config.to_dict(),
+        }
+        last_ckpt = str(
+            save_checkpoint(out_dir, step, model, optimizer, adapter_cfg, state, keep=config.keep_checkpoints)
+        )
         return last_ckpt
 
     # Ctrl-C: finish the current step, checkpoint, return. A second Ctrl-C aborts at once.
     stop = {"flag": False}
     old_handler = None
     if threading.current_thread() is threading.main_thread():
+
         def handler(signum, frame):
             if stop["flag"]:
                 raise KeyboardInterrupt
             stop["flag"] = True
+
         old_handler = signal.signal(signal.SIGINT, handler)
 
     # Warm-up on a 1-pair, 2-token batch in eval mode: one-time setup inside the statistics
@@ -514,8 +566,15 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
     try:
         from tqdm import tqdm
 
-        pbar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not config.progress,
-                    dynamic_ncols=True, file=sys.stderr)
+        pbar = tqdm(
+            total=total,
+            initial=step,
+            desc="train",
+            unit="step",
+            disable=not config.progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         while step < total:
             mx.random.seed(_step_seed(config.seed, step))
             batches = [next(it) for _ in range(config.grad_accum)]
@@ -543,14 +602,23 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
             window["gnorm"] += gnorm
             window["steps"] += 1
             pbar.update(1)
-            pbar.set_postfix(loss=f"{res.loss:.4f}", acc=f"{res.sums['rewards/accuracies'] / res.n_pairs:.2f}",
-                             tok_s=f"{res.n_tokens / max(dt, 1e-9):.0f}", refresh=False)
+            pbar.set_postfix(
+                loss=f"{res.loss:.4f}",
+                acc=f"{res.sums['rewards/accuracies'] / res.n_pairs:.2f}",
+                tok_s=f"{res.n_tokens / max(dt, 1e-9):.0f}",
+                refresh=False,
+            )
 
             if step % config.steps_per_report == 0 or step == total or stop["flag"]:
                 r = {k: window["sums"][k] / window["pairs"] for k in METRIC_KEYS}
-                r.update(learning_rate=lr, grad_norm=window["gnorm"] / window["steps"],
-                         tokens_per_second=window["tokens"] / max(window["time"], 1e-9),
-                         peak_memory_gb=_peak_gb(), step=step, epoch=epoch_pos())
+                r.update(
+                    learning_rate=lr,
+                    grad_norm=window["gnorm"] / window["steps"],
+                    tokens_per_second=window["tokens"] / max(window["time"], 1e-9),
+                    peak_memory_gb=_peak_gb(),
+                    step=step,
+                    epoch=epoch_pos(),
+                )
                 last_train = r
                 say(_format_line(r, total))
                 log(r)
@@ -558,8 +626,10 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
             if stop["flag"]:
                 interrupted = True
                 ck = checkpoint()
-                say(f"interrupted: checkpoint at step {step} written to {ck}; continue with --resume latest "
-                    f"--adapter-path {out_dir}")
+                say(
+                    f"interrupted: checkpoint at step {step} written to {ck}; continue with --resume latest "
+                    f"--adapter-path {out_dir}"
+                )
                 break
             if config.eval_every and step % config.eval_every == 0 and step < total:
                 run_eval()
@@ -578,5 +648,12 @@ def train(config: TrainConfig, *, callback=None, model=None, tokenizer=None, ref
             pbar.close()
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
-    return {**last_train, **last_eval, "step": step, "adapter_path": str(out_dir), "checkpoint": last_ckpt,
-            "interrupted": interrupted, "trainable_parameters": n_trainable}
+    return {
+        **last_train,
+        **last_eval,
+        "step": step,
+        "adapter_path": str(out_dir),
+        "checkpoint": last_ckpt,
+        "interrupted": interrupted,
+        "trainable_parameters": n_trainable,
+    }

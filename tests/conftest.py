@@ -25,7 +25,7 @@ def gemma_dir():
     Skips with the reason when the GGUF package or importer is unavailable.
     """
     try:
-        from tdpo_mlx.gguf_import import resolve_model_path
+        from tdpo_mlx.gguf import resolve_model_path
     except ImportError as e:
         pytest.skip(f"GGUF importer not available: {e}")
     try:

@@ -151,13 +151,15 @@ def make_adapter(
 
 def mlx_logits(model_dir: Path, adapter_path: Path | None = None, ids=TEXT_IDS) -> np.ndarray:
     """float32 logits (L, V) of the mlx-lm model (with the adapter when given) on ``ids``."""
-    from mlx_lm.utils import load_model
     from mlx_lm.tuner.utils import load_adapters
+    from mlx_lm.utils import load_model
 
     model, _ = load_model(Path(model_dir))
     if adapter_path is not None:
         model = load_adapters(model, str(adapter_path))
     model.eval()
-    model.update(tree_map(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a, model.parameters()))
+    model.update(
+        tree_map(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a, model.parameters())
+    )
     out = model(mx.array([list(ids)]))
     return np.array(out[0].astype(mx.float32))

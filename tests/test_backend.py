@@ -48,12 +48,16 @@ def test_mkl_wheel_is_found_when_installed():
 
 @linux_only
 def test_env_none_disables_and_bad_path_warns():
-    out = _child("import json, tdpo_mlx; from tdpo_mlx import backend as b; print(json.dumps(b.blas_info()))",
-                 TDPO_MLX_BLAS="none")
+    out = _child(
+        "import json, tdpo_mlx; from tdpo_mlx import backend as b; print(json.dumps(b.blas_info()))",
+        TDPO_MLX_BLAS="none",
+    )
     info = json.loads(out.splitlines()[0])
     assert info["path"] is None and "disabled" in info["note"]
-    out = _child("import json, tdpo_mlx; from tdpo_mlx import backend as b; print(json.dumps(b.blas_info()))",
-                 TDPO_MLX_BLAS="/nonexistent/libnothing.so")
+    out = _child(
+        "import json, tdpo_mlx; from tdpo_mlx import backend as b; print(json.dumps(b.blas_info()))",
+        TDPO_MLX_BLAS="/nonexistent/libnothing.so",
+    )
     info = json.loads(out.splitlines()[0])
     assert info["path"] is None and "could not be loaded" in info["note"]
     assert "warning" in out  # said once on stderr

@@ -30,8 +30,8 @@ def test_d5_prompt_tokens_are_not_scored():
     assert np.array(b.target_mask).astype(int).tolist() == [[0, 1, 0, 0, 0], [0, 1, 1, 0, 0]]
     stats = model_statistics(Uniform(), b, reference_model=Uniform())
     c, r = split_pairs(stats)
-    assert float(c.logps[0]) == pytest.approx(-LN8, abs=1e-5)        # -2.0794
-    assert float(r.logps[0]) == pytest.approx(-2 * LN8, abs=1e-5)    # -4.1589 (not -6.2383)
+    assert float(c.logps[0]) == pytest.approx(-LN8, abs=1e-5)  # -2.0794
+    assert float(r.logps[0]) == pytest.approx(-2 * LN8, abs=1e-5)  # -4.1589 (not -6.2383)
     assert float(c.n_tokens[0]) == 1 and float(r.n_tokens[0]) == 2
 
 
@@ -39,8 +39,14 @@ def test_d5_prompt_tokens_are_not_scored():
 def test_d5_masks_cover_exactly_the_response_positions(seed):
     """Random pairs and widths: the mask marks target t iff token t+1 is a response token."""
     rng = np.random.default_rng(seed)
-    pairs = [EncodedPair(rng.integers(1, 50, rng.integers(1, 6)).tolist(), rng.integers(1, 50, rng.integers(1, 6)).tolist(),
-                         rng.integers(1, 50, rng.integers(1, 6)).tolist()) for _ in range(4)]
+    pairs = [
+        EncodedPair(
+            rng.integers(1, 50, rng.integers(1, 6)).tolist(),
+            rng.integers(1, 50, rng.integers(1, 6)).tolist(),
+            rng.integers(1, 50, rng.integers(1, 6)).tolist(),
+        )
+        for _ in range(4)
+    ]
     width = max(p.max_length for p in pairs) + int(rng.integers(0, 3))
     b = make_batch(pairs, pad_id=0, pad_to=width)
     mask = np.array(b.target_mask)
@@ -48,7 +54,7 @@ def test_d5_masks_cover_exactly_the_response_positions(seed):
     rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
     for i, (prompt, resp) in enumerate(rows):
         want = np.zeros(width - 1, bool)
-        want[len(prompt) - 1: len(prompt) - 1 + len(resp)] = True
+        want[len(prompt) - 1 : len(prompt) - 1 + len(resp)] = True
         assert (mask[i] == want).all()
         assert targets[i][mask[i]].tolist() == resp
 
@@ -66,9 +72,9 @@ def test_d6_mask_is_not_shifted():
     b = make_batch([EncodedPair([10, 11], [12], [12])], pad_id=13, pad_to=4)
     assert b.input_ids.tolist()[0] == [10, 11, 12, 13]
     mask = b.target_mask
-    logp = -(mx.arange(3, dtype=mx.float32) + 1)[None, :] * mx.ones((2, 1))   # log-prob at t = -(t+1)
+    logp = -(mx.arange(3, dtype=mx.float32) + 1)[None, :] * mx.ones((2, 1))  # log-prob at t = -(t+1)
     s = reduce_statistics(logp, logp, mx.zeros_like(logp), mask)
-    assert float(s.logps[0]) == pytest.approx(-2.0)   # log p(12 | 10, 11): target index 1
+    assert float(s.logps[0]) == pytest.approx(-2.0)  # log p(12 | 10, 11): target index 1
     assert np.array(response_target_mask(mx.array([3]), mx.array([2]), 3)).tolist() == [[False, True, False]]
 
 
@@ -76,8 +82,16 @@ def tiny_llama(seed):
     from mlx_lm.models import llama
 
     mx.random.seed(seed)
-    args = llama.ModelArgs(model_type="llama", hidden_size=32, num_hidden_layers=2, intermediate_size=48,
-                           num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=40)
+    args = llama.ModelArgs(
+        model_type="llama",
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        vocab_size=40,
+    )
     model = llama.Model(args)
     mx.eval(model.parameters())
     return model
@@ -91,13 +105,18 @@ def test_pair_statistics_do_not_depend_on_the_batch(average):
     def rand(n):
         return rng.integers(3, 40, n).tolist()
 
-    pairs = [EncodedPair(rand(3), rand(2), rand(7)), EncodedPair(rand(9), rand(5), rand(1)),
-             EncodedPair(rand(1), rand(12), rand(4)), EncodedPair(rand(5), rand(3), rand(3))]
+    pairs = [
+        EncodedPair(rand(3), rand(2), rand(7)),
+        EncodedPair(rand(9), rand(5), rand(1)),
+        EncodedPair(rand(1), rand(12), rand(4)),
+        EncodedPair(rand(5), rand(3), rand(3)),
+    ]
     together = model_statistics(policy, make_batch(pairs, pad_id=2), reference_model=ref, average_log_prob=average)
     c_all, r_all = split_pairs(together)
     for i, p in enumerate(pairs):
-        alone = model_statistics(policy, make_batch([p], pad_id=0, pad_to=30), reference_model=ref,
-                                 average_log_prob=average)
+        alone = model_statistics(
+            policy, make_batch([p], pad_id=0, pad_to=30), reference_model=ref, average_log_prob=average
+        )
         c, r = split_pairs(alone)
         for f_all, f in ((c_all, c), (r_all, r)):
             for name in ("logps", "ref_logps", "logratio", "kl", "n_tokens"):

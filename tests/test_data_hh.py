@@ -23,8 +23,11 @@ def test_gemma_chat_reply_ends_with_one_end_of_turn(gemma_tokenizer):
     from test_data_support import GEMMA_LIKE
 
     tok = gemma_tokenizer
-    row = {"prompt": [{"role": "user", "content": "What is 2+2?"}],
-           "chosen": [{"role": "assistant", "content": "4."}], "rejected": [{"role": "assistant", "content": "5."}]}
+    row = {
+        "prompt": [{"role": "user", "content": "What is 2+2?"}],
+        "chosen": [{"role": "assistant", "content": "4."}],
+        "rejected": [{"role": "assistant", "content": "5."}],
+    }
     template = tok.chat_template or GEMMA_LIKE  # the imported GGUF may carry no template
     (pair,), _ = load_preference_data([row], tokenizer=tok, chat_template=template)
     eot = tok.convert_tokens_to_ids("<end_of_turn>")
@@ -45,10 +48,12 @@ def test_hh_loads_with_gemma_tokenizer(hh_file, gemma_tokenizer):
     # the file's own faults (counted by reading it with plain Python): 4 empty chosen replies,
     # 5 pairs whose dialogues differ before the last "\n\nAssistant:"
     assert s.dropped == {"empty_response": 4, "histories_differ": 5}
-    assert s.dropped_records == {"empty_response": [86, 516, 925, 1103],
-                                 "histories_differ": [1254, 1688, 1950, 1952, 2036]}
+    assert s.dropped_records == {
+        "empty_response": [86, 516, 925, 1103],
+        "histories_differ": [1254, 1688, 1950, 1952, 2036],
+    }
     assert s.kept == len(pairs) == 2303
-    assert s.decode_mismatches == 0          # every scored response decodes back to its text
+    assert s.decode_mismatches == 0  # every scored response decodes back to its text
     bos, eos = tok.bos_token_id, tok.eos_token_id
     for p in pairs:
         assert p.prompt_ids[0] == bos and p.prompt_ids.count(bos) == 1
@@ -71,7 +76,7 @@ def test_hh_loads_with_gemma_tokenizer(hh_file, gemma_tokenizer):
         if p.prompt_ids != full:
             cut += 1
             n = len(p.prompt_ids) - 1
-            assert p.prompt_ids == [bos] + full[len(full) - n:] and len(p.prompt_ids) >= 256
+            assert p.prompt_ids == [bos] + full[len(full) - n :] and len(p.prompt_ids) >= 256
     assert cut == s.prompt_cut > 0
     b = make_batch(pairs[:8], pad_id=tok.pad_token_id)
     assert b.input_ids.shape[0] == 16

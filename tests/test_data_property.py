@@ -37,8 +37,9 @@ def test_random_pairs_fit_share_prompt_and_decode_back(c):
     name, rows, max_length, mpl, mode = c
     tok = TOKS[name]()
     try:
-        pairs, s = load_preference_data(rows, tokenizer=tok, max_length=max_length, max_prompt_length=mpl,
-                                        truncation_mode=mode)
+        pairs, s = load_preference_data(
+            rows, tokenizer=tok, max_length=max_length, max_prompt_length=mpl, truncation_mode=mode
+        )
     except DataError as e:
         assert "no pair kept" in str(e)
         return
@@ -54,15 +55,15 @@ def test_random_pairs_fit_share_prompt_and_decode_back(c):
             texts = (row["chosen"], row["rejected"])
             pr = row["prompt"]
             if pr.strip() and texts[0].startswith(pr) and texts[1].startswith(pr):  # repaired on load
-                texts = (texts[0][len(pr):], texts[1][len(pr):])
+                texts = (texts[0][len(pr) :], texts[1][len(pr) :])
         else:
             cut = row["chosen"].rfind("Assistant:") + len("Assistant:")
             texts = (row["chosen"][cut:], row["rejected"][cut:])
         for ids, t in zip((pair.chosen_ids, pair.rejected_ids), texts):
             assert 1 <= len(ids) and len(pair.prompt_ids) + len(ids) <= max_length
             full = tok.encode(t, add_special_tokens=False) + [tok.eos_token_id]
-            assert ids == full[: len(ids)]                       # the response, cut at its end only
-            assert tok.decode(full[:-1]) == t                    # and it decodes back to the text
+            assert ids == full[: len(ids)]  # the response, cut at its end only
+            assert tok.decode(full[:-1]) == t  # and it decodes back to the text
             assert tok.decode(ids[:-1] if ids[-1] == tok.eos_token_id else ids).rstrip("\ufffd") in t
         if name == "bos":
             assert pair.prompt_ids[0] == tok.bos_token_id and pair.prompt_ids.count(tok.bos_token_id) == 1
@@ -73,7 +74,7 @@ def test_random_pairs_fit_share_prompt_and_decode_back(c):
     pl = np.array(b.prompt_lengths)
     n = b.n_pairs
     assert ids.shape[1] <= max_length
-    for i in range(n):   # chosen and rejected rows share the prompt ids
+    for i in range(n):  # chosen and rejected rows share the prompt ids
         assert pl[i] == pl[n + i] and (ids[i, : pl[i]] == ids[n + i, : pl[i]]).all()
     mask = np.array(b.target_mask)
     assert (mask.sum(axis=1) == [len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs]).all()

@@ -69,8 +69,17 @@ def test_jsonl_saved_as_json_and_split_object(tmp_path):
     assert len(load_preference_data(p, tokenizer=tok, split=None)[0]) == 3
 
 
-@pytest.mark.parametrize("split,alias", [("train", "train"), ("valid", "valid"), ("validation", "valid"),
-                                         ("eval", "valid"), ("valid", "validation"), ("test", "test")])
+@pytest.mark.parametrize(
+    "split,alias",
+    [
+        ("train", "train"),
+        ("valid", "valid"),
+        ("validation", "valid"),
+        ("eval", "valid"),
+        ("valid", "validation"),
+        ("test", "test"),
+    ],
+)
 def test_directory_split_files(tmp_path, split, alias):
     tok = plain_tokenizer()
     sizes = {"train": 3, "test": 1}
@@ -95,8 +104,9 @@ def test_saved_dataset_dict_folder(tmp_path):
     import datasets
 
     tok = plain_tokenizer()
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS),
-                               "validation": datasets.Dataset.from_list(ROWS[:2])})
+    dd = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS), "validation": datasets.Dataset.from_list(ROWS[:2])}
+    )
     dd.save_to_disk(str(tmp_path / "ds"))
     assert len(load_preference_data(tmp_path / "ds", tokenizer=tok, split="valid")[0]) == 2
     assert len(load_preference_data(datasets.Dataset.from_list(ROWS), tokenizer=tok)[0]) == 3
@@ -110,7 +120,7 @@ def test_hub_dataset_id_through_load_dataset(monkeypatch):
     def fake_load_dataset(name, split=None, **kw):
         calls.append((name, split))
         if split != "validation":
-            raise ValueError(f'Unknown split "{split}". Should be one of [\'train\', \'validation\'].')
+            raise ValueError(f"Unknown split \"{split}\". Should be one of ['train', 'validation'].")
         return datasets.Dataset.from_list(ROWS[:2])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -158,11 +168,15 @@ def test_malformed_json_and_csv(tmp_path):
 
 def test_missing_key_lists_keys_and_the_option(tmp_path):
     p = write(tmp_path / "d.jsonl", [{"question": "Q", "good": " a", "bad": " b"}])
-    with pytest.raises(DataError, match=r"d\.jsonl:1 \(record 0\): record has no 'chosen' key.*"
-                                        r"\['bad', 'good', 'question'\].*--chosen-key"):
+    with pytest.raises(
+        DataError,
+        match=r"d\.jsonl:1 \(record 0\): record has no 'chosen' key.*"
+        r"\['bad', 'good', 'question'\].*--chosen-key",
+    ):
         load_preference_data(p, tokenizer=plain_tokenizer())
-    pairs, s = load_preference_data(p, tokenizer=plain_tokenizer(), prompt_key="question", chosen_key="good",
-                                    rejected_key="bad")
+    pairs, s = load_preference_data(
+        p, tokenizer=plain_tokenizer(), prompt_key="question", chosen_key="good", rejected_key="bad"
+    )
     assert s.data_format == "standard" and len(pairs) == 1
     # a later record missing the key is named too
     q = write(tmp_path / "e.jsonl", ROWS[:2] + [{"prompt": "Q", "chosen": " a"}])
@@ -174,8 +188,9 @@ def test_wrong_value_types_are_named():
     with pytest.raises(DataError, match=r"record 0.*'chosen' must be a string.*got int"):
         load_preference_data([{"prompt": "Q", "chosen": 3, "rejected": " b"}], tokenizer=plain_tokenizer())
     with pytest.raises(DataError, match=r"record 0.*message 0 needs 'role' and 'content'"):
-        load_preference_data([{"prompt": [{"text": "Q"}], "chosen": " a", "rejected": " b"}],
-                             tokenizer=chatml_tokenizer())
+        load_preference_data(
+            [{"prompt": [{"text": "Q"}], "chosen": " a", "rejected": " b"}], tokenizer=chatml_tokenizer()
+        )
     with pytest.raises(ValueError, match="unknown data_format"):
         load_preference_data(ROWS, tokenizer=plain_tokenizer(), data_format="xml")
 
@@ -190,10 +205,15 @@ def test_no_pair_kept_is_an_error():
 
 def test_format_detection_and_override():
     tok = chatml_tokenizer()
-    conv = {"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "a"}],
-            "rejected": [{"role": "assistant", "content": "b"}]}
-    whole = {"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a"}],
-             "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "b"}]}
+    conv = {
+        "prompt": [{"role": "user", "content": "Q"}],
+        "chosen": [{"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+    }
+    whole = {
+        "chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "b"}],
+    }
     std = {"prompt": "Q", "chosen": "a", "rejected": "b"}
     hh = {"chosen": "\n\nHuman: Q\n\nAssistant: a", "rejected": "\n\nHuman: Q\n\nAssistant: b"}
     assert load_preference_data([conv], tokenizer=tok)[1].data_format == "conversational"
@@ -206,8 +226,9 @@ def test_format_detection_and_override():
     assert ids(load_preference_data([std], tokenizer=tok, data_format="conversational")[0]) == a
     # implicit forced on a record with a prompt uses only chosen/rejected
     hh_p = dict(hh, prompt="ignored")
-    assert ids(load_preference_data([hh_p], tokenizer=tok, data_format="implicit")[0]) == \
-        ids(load_preference_data([hh], tokenizer=tok)[0])
+    assert ids(load_preference_data([hh_p], tokenizer=tok, data_format="implicit")[0]) == ids(
+        load_preference_data([hh], tokenizer=tok)[0]
+    )
     with pytest.raises(DataError, match="'prompt' key.*--prompt-key"):
         load_preference_data([hh], tokenizer=tok, data_format="standard")
 
@@ -215,10 +236,16 @@ def test_format_detection_and_override():
 def test_prompt_repeated_inside_chosen_is_stripped():
     # UltraFeedback-style: prompt string, chosen/rejected whole conversations
     tok = chatml_tokenizer()
-    row = {"prompt": "Q", "chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a"}],
-           "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "b"}]}
-    ref = {"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "a"}],
-           "rejected": [{"role": "assistant", "content": "b"}]}
+    row = {
+        "prompt": "Q",
+        "chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "b"}],
+    }
+    ref = {
+        "prompt": [{"role": "user", "content": "Q"}],
+        "chosen": [{"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+    }
     pairs, s = load_preference_data([row], tokenizer=tok)
     assert ids(pairs) == ids(load_preference_data([ref], tokenizer=tok)[0])
     assert s.repaired == {"prompt_in_responses": 1} and "repaired" in s.format()
@@ -228,8 +255,11 @@ def test_prompt_repeated_inside_chosen_is_stripped():
 
 
 def test_conversational_needs_a_template(tmp_path):
-    row = {"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "a"}],
-           "rejected": [{"role": "assistant", "content": "b"}]}
+    row = {
+        "prompt": [{"role": "user", "content": "Q"}],
+        "chosen": [{"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+    }
     with pytest.raises(DataError, match="--chat-template"):
         load_preference_data([row], tokenizer=plain_tokenizer())
     from test_data_support import CHATML

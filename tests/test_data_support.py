@@ -25,27 +25,37 @@ CORPUS = [
     "ok okay the answer is yes no maybe 0123456789 ,.;:!?'\"()[]{}<>-_=+*/\\ \n\t",
 ] * 5
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-GEMMA_LIKE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>"
-              "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
-              "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
-D4_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}<A>\n{{ m['content'] }}<E>"
-               "{% else %}User: {{ m['content'] }}\n{% endif %}{% endfor %}"
-               "{% if add_generation_prompt %}<A>\n<T>\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+GEMMA_LIKE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>"
+    "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+D4_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}<A>\n{{ m['content'] }}<E>"
+    "{% else %}User: {{ m['content'] }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<A>\n<T>\n{% endif %}"
+)
 
 
 def _bpe(specials: list[str], vocab_size: int = 420) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS, trainer)
     return tok
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def chatml_tokenizer():
     tok = _bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     t = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
@@ -54,18 +64,19 @@ def chatml_tokenizer():
     return t
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bos_tokenizer():
     tok = _bpe(["<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"])
     tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 1)])
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 1)]
+    )
     t = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
     t.chat_template = GEMMA_LIKE
     assert t.encode("ok")[0] == t.bos_token_id == 1
     return t
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def plain_tokenizer():
     tok = _bpe(["<pad>", "</s>"])
     t = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>")
@@ -73,7 +84,7 @@ def plain_tokenizer():
     return t
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def d4_tokenizer():
     tok = _bpe(["<pad>", "<A>", "<T>", "<E>"])
     t = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<E>", pad_token="<pad>")
@@ -81,19 +92,20 @@ def d4_tokenizer():
     return t
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sentencepiece_like_tokenizer():
     """Llama-style SentencePiece BPE: a word-start piece is prepended to a text that does not
     start with one (dummy prefix), byte fallback, decoder strips the first space; adds BOS."""
     tok = Tokenizer(models.BPE(byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     specials = ["<pad>", "<bos>", "<eos>"] + [f"<0x{i:02X}>" for i in range(256)]
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=420, special_tokens=specials,
-                                                        show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
-                                                       special_tokens=[("<bos>", 1)])
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=420, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 1)]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 

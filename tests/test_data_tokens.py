@@ -16,7 +16,7 @@ from test_data_support import (
 )
 
 from tdpo_mlx.data import DataError, load_preference_data, make_batch
-from tdpo_mlx.data_encode import TokenRules, truncate_pair
+from tdpo_mlx.data.encode import TokenRules, truncate_pair
 from tdpo_mlx.losses import LOSS_TYPES, pair_metrics, preference_loss
 from tdpo_mlx.stats import reduce_statistics, sequence_statistics, split_pairs
 
@@ -25,8 +25,10 @@ A4 = [{"role": "assistant", "content": "4."}]
 A5 = [{"role": "assistant", "content": "5."}]
 CONV = {"prompt": U, "chosen": A4, "rejected": A5}
 STD = {"prompt": "What is 2+2?", "chosen": " 4.", "rejected": " 5."}
-HH = {"chosen": "\n\nHuman: What is 2+2?\n\nAssistant: It is 4.",
-      "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: It is 5."}
+HH = {
+    "chosen": "\n\nHuman: What is 2+2?\n\nAssistant: It is 4.",
+    "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: It is 5.",
+}
 TEMPLATED = {"chatml": chatml_tokenizer, "bos": bos_tokenizer}
 ALL = {"chatml": chatml_tokenizer, "bos": bos_tokenizer, "plain": plain_tokenizer}
 
@@ -85,8 +87,11 @@ def test_d1_template_adding_eos_after_end_of_turn_is_collapsed(extra):
 def test_d1_plain_text_gets_exactly_one_eos(name, suffix):
     tok = ALL[name]()
     eos = tok.eos_token
-    row = {"prompt": "What is 2+2?", "chosen": " 4." + suffix.format(eos=eos),
-           "rejected": " 5." + suffix.format(eos=eos)}
+    row = {
+        "prompt": "What is 2+2?",
+        "chosen": " 4." + suffix.format(eos=eos),
+        "rejected": " 5." + suffix.format(eos=eos),
+    }
     (pair,), s = load([row], tok)
     assert pair.chosen_ids == tok.encode(" 4.", add_special_tokens=False) + [tok.eos_token_id]
     assert pair.rejected_ids == tok.encode(" 5.", add_special_tokens=False) + [tok.eos_token_id]
@@ -150,8 +155,9 @@ def test_d3_finished_conversation_has_no_generation_prompt(name):
     assert s.data_format == "conversational"
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Question"}]
     for content, resp in (("Completed answer", pair.chosen_ids), ("Wrong", pair.rejected_ids)):
-        full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": content}], tokenize=False,
-                                       add_generation_prompt=False)
+        full = tok.apply_chat_template(
+            msgs + [{"role": "assistant", "content": content}], tokenize=False, add_generation_prompt=False
+        )
         # ends right after the reply's end-of-turn: the full rendering minus the trailing newline
         assert tok.decode(pair.prompt_ids + resp) == full[: len(full) - 1] and full.endswith("\n")
     gen = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -171,8 +177,11 @@ def test_d3_plain_standard_record_with_system():
 
 def test_d4_boundary_where_generation_prompt_stops_being_a_prefix():
     tok = d4_tokenizer()
-    row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "ok"}],
-           "rejected": [{"role": "assistant", "content": "no way"}]}
+    row = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "chosen": [{"role": "assistant", "content": "ok"}],
+        "rejected": [{"role": "assistant", "content": "no way"}],
+    }
     (pair,), _ = load([row], tok)
     assert pair.chosen_ids == tok.encode("ok<E>", add_special_tokens=False)
     assert pair.rejected_ids == tok.encode("no way<E>", add_special_tokens=False)
@@ -239,15 +248,16 @@ def test_truncation_invariants_exhaustive():
     for P, C, R, ml in itertools.product(range(0, 9), range(1, 9), range(1, 9), range(2, 13)):
         prompt, chosen, rejected = list(range(100, 100 + P)), list(range(C)), list(range(50, 50 + R))
         for mpl, mode in itertools.product(range(1, ml), ("keep_end", "keep_start")):
-            p, c, r, pcut, rcut = truncate_pair(prompt, chosen, rejected, max_length=ml,
-                                                max_prompt_length=mpl, truncation_mode=mode)
+            p, c, r, pcut, rcut = truncate_pair(
+                prompt, chosen, rejected, max_length=ml, max_prompt_length=mpl, truncation_mode=mode
+            )
             assert len(p) + len(c) <= ml and len(p) + len(r) <= ml
             assert c and r and c == chosen[: len(c)] and r == rejected[: len(r)]
             if P + max(C, R) <= ml:
                 assert (p, c, r, pcut, rcut) == (prompt, chosen, rejected, False, False)
             else:
                 assert len(p) >= min(P, mpl)
-                assert p == (prompt[len(prompt) - len(p):] if mode == "keep_end" else prompt[: len(p)])
+                assert p == (prompt[len(prompt) - len(p) :] if mode == "keep_end" else prompt[: len(p)])
                 # the longer response fills the width exactly unless it fits whole
                 assert len(p) + max(len(c), len(r)) == ml or not rcut
                 assert rcut == (max(len(c), len(r)) < max(C, R))
@@ -329,8 +339,10 @@ def test_d9_multi_turn_scores_only_the_last_reply(name, system):
     hist = [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}, {"role": "user", "content": "C"}]
     if system:
         hist = [{"role": "system", "content": system}] + hist
-    row = {"chosen": hist + [{"role": "assistant", "content": "D"}],
-           "rejected": hist + [{"role": "assistant", "content": "E"}]}
+    row = {
+        "chosen": hist + [{"role": "assistant", "content": "D"}],
+        "rejected": hist + [{"role": "assistant", "content": "E"}],
+    }
     (pair,), s = load([row], tok)
     assert s.data_format == "conversational"
     gen = tok.apply_chat_template(hist, tokenize=False, add_generation_prompt=True)
@@ -348,19 +360,33 @@ def test_d9_multi_turn_scores_only_the_last_reply(name, system):
 
 def test_d9_histories_that_differ_are_refused():
     tok = chatml_tokenizer()
-    good = {"chosen": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "D"}],
-            "rejected": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "E"}]}
-    bad = {"chosen": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"},
-                      {"role": "user", "content": "C"}, {"role": "assistant", "content": "D"}],
-           "rejected": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "X"},
-                        {"role": "user", "content": "C"}, {"role": "assistant", "content": "E"}]}
+    good = {
+        "chosen": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "D"}],
+        "rejected": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "E"}],
+    }
+    bad = {
+        "chosen": [
+            {"role": "user", "content": "A"},
+            {"role": "assistant", "content": "B"},
+            {"role": "user", "content": "C"},
+            {"role": "assistant", "content": "D"},
+        ],
+        "rejected": [
+            {"role": "user", "content": "A"},
+            {"role": "assistant", "content": "X"},
+            {"role": "user", "content": "C"},
+            {"role": "assistant", "content": "E"},
+        ],
+    }
     pairs, s = load([good, bad], tok)
     assert s.dropped == {"histories_differ": 1} and len(pairs) == 1
     with pytest.raises(DataError, match=r"record 1\).*differ before the last reply \(first at message 1\)"):
         load([good, bad], tok, strict=True)
     # the same rule for HH-style whole texts
-    hh_bad = {"chosen": "\n\nHuman: hi\n\nAssistant: a\n\nHuman: x\n\nAssistant: yes",
-              "rejected": "\n\nHuman: hi\n\nAssistant: b\n\nHuman: x\n\nAssistant: no"}
+    hh_bad = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: a\n\nHuman: x\n\nAssistant: yes",
+        "rejected": "\n\nHuman: hi\n\nAssistant: b\n\nHuman: x\n\nAssistant: no",
+    }
     pairs, s = load([HH, hh_bad], plain_tokenizer())
     assert s.dropped == {"histories_differ": 1} and len(pairs) == 1
 
@@ -376,8 +402,10 @@ def test_d9_last_message_must_be_the_assistant():
 
 def test_implicit_hh_prompt_up_to_last_assistant_marker():
     tok = plain_tokenizer()
-    row = {"chosen": "\n\nHuman: hi\n\nAssistant: hey\n\nHuman: 2+2?\n\nAssistant: It is 4.",
-           "rejected": "\n\nHuman: hi\n\nAssistant: hey\n\nHuman: 2+2?\n\nAssistant: It is 5."}
+    row = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: hey\n\nHuman: 2+2?\n\nAssistant: It is 4.",
+        "rejected": "\n\nHuman: hi\n\nAssistant: hey\n\nHuman: 2+2?\n\nAssistant: It is 5.",
+    }
     (pair,), s = load([row], tok)
     assert s.data_format == "implicit"
     assert tok.decode(pair.prompt_ids) == "\n\nHuman: hi\n\nAssistant: hey\n\nHuman: 2+2?\n\nAssistant:"
@@ -385,17 +413,20 @@ def test_implicit_hh_prompt_up_to_last_assistant_marker():
     assert s.decode_mismatches == 0
 
 
-@pytest.mark.parametrize("chosen,rejected,prompt", [
-    ("The answer is 4", "The answer is 5", "The answer is"),
-    ("Yes.", "Yes. But no.", "Yes"),            # one text is a prefix of the other: back off a token
-    ("abc", "xyz", ""),                           # nothing shared
-])
+@pytest.mark.parametrize(
+    "chosen,rejected,prompt",
+    [
+        ("The answer is 4", "The answer is 5", "The answer is"),
+        ("Yes.", "Yes. But no.", "Yes"),  # one text is a prefix of the other: back off a token
+        ("abc", "xyz", ""),  # nothing shared
+    ],
+)
 def test_implicit_without_marker_longest_common_prefix_on_token_boundary(chosen, rejected, prompt):
     tok = bos_tokenizer()
     (pair,), _ = load([{"chosen": chosen, "rejected": rejected}], tok)
     assert tok.decode(pair.prompt_ids[1:]) == prompt
-    assert tok.decode(pair.chosen_ids[:-1]) == chosen[len(prompt):]
-    assert tok.decode(pair.rejected_ids[:-1]) == rejected[len(prompt):]
+    assert tok.decode(pair.chosen_ids[:-1]) == chosen[len(prompt) :]
+    assert tok.decode(pair.rejected_ids[:-1]) == rejected[len(prompt) :]
     # without BOS an empty shared prefix leaves the first response token unscorable: refused
     if not prompt:
         pairs, s = load([{"chosen": chosen, "rejected": rejected}, HH], plain_tokenizer())
@@ -417,11 +448,14 @@ def test_identical_responses_dropped_and_counted():
 # ----------------------------------------------------------------------------- SentencePiece seam
 
 
-@pytest.mark.parametrize("prompt,chosen,rejected", [
-    ("Question:\n", "It is 4.", "It is 5. \u00e9"),    # no leading space: dummy prefix would add one
-    ("\n\nHuman: hi\n\nAssistant:", " It is 4.", " No."),  # HH: the response starts with a space
-    ("The answer is", " yes", "no"),
-])
+@pytest.mark.parametrize(
+    "prompt,chosen,rejected",
+    [
+        ("Question:\n", "It is 4.", "It is 5. \u00e9"),  # no leading space: dummy prefix would add one
+        ("\n\nHuman: hi\n\nAssistant:", " It is 4.", " No."),  # HH: the response starts with a space
+        ("The answer is", " yes", "no"),
+    ],
+)
 def test_sentencepiece_seam_scored_ids_decode_back_in_context(prompt, chosen, rejected):
     tok = sentencepiece_like_tokenizer()
     (pair,), s = load([{"prompt": prompt, "chosen": chosen, "rejected": rejected}], tok)
@@ -432,7 +466,7 @@ def test_sentencepiece_seam_scored_ids_decode_back_in_context(prompt, chosen, re
         assert tok.decode(pair.prompt_ids + ids[:-1]) == ctx + text
         # the ids are what the tokenizer gives for prompt + response (no extra word-start piece)
         joint = tok.encode(prompt + text, add_special_tokens=False)
-        assert joint[len(pair.prompt_ids) - 1:] == ids[:-1]
+        assert joint[len(pair.prompt_ids) - 1 :] == ids[:-1]
     check_pair(tok, pair, bos_expected=True)
 
 

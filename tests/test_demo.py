@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 import tdpo_mlx  # noqa: F401
-from tdpo_mlx import demo
+from tdpo_mlx.demo import run as demo
 from tdpo_mlx.evaluate import Sample
 
 
@@ -38,15 +38,23 @@ def test_split_prompts_disjoint_and_seeded():
 
 def test_build_pairs_best_vs_worst_skips_near_ties():
     samples = [
-        _s(0, 0, "ok", [5, 1]), _s(0, 1, "great", [6, 1]), _s(0, 2, "bad", [7, 1]),   # gap 1.5 -> pair
-        _s(1, 0, "meh", [8, 1]), _s(1, 1, "fine", [9, 1]),                            # gap 0.05 -> near tie
-        _s(2, 0, "same", [4, 1]), _s(2, 1, "same", [4, 1]),                           # identical ids
-        _s(3, 0, "a", [3]), _s(3, 1, "b", [3, 3]), _s(3, 2, "c", [3, 3, 3]),          # ties for best: first wins
+        _s(0, 0, "ok", [5, 1]),
+        _s(0, 1, "great", [6, 1]),
+        _s(0, 2, "bad", [7, 1]),  # gap 1.5 -> pair
+        _s(1, 0, "meh", [8, 1]),
+        _s(1, 1, "fine", [9, 1]),  # gap 0.05 -> near tie
+        _s(2, 0, "same", [4, 1]),
+        _s(2, 1, "same", [4, 1]),  # identical ids
+        _s(3, 0, "a", [3]),
+        _s(3, 1, "b", [3, 3]),
+        _s(3, 2, "c", [3, 3, 3]),  # ties for best: first wins
     ]
     rewards = [0.1, 0.9, -0.6, 0.30, 0.35, -1.0, 1.0, 0.5, 0.5, -0.5]
     pairs, summ = demo.build_pairs(samples, rewards, min_gap=0.1)
     assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
-        ("prompt0", "great", "bad"), ("prompt3", "a", "c")]
+        ("prompt0", "great", "bad"),
+        ("prompt3", "a", "c"),
+    ]
     assert pairs[0]["chosen_ids"] == [6, 1] and pairs[0]["rejected_ids"] == [7, 1]
     assert pairs[0]["prompt_ids"] == [2, 10]
     assert pairs[0]["chosen_reward"] == 0.9 and pairs[0]["rejected_reward"] == -0.6
@@ -78,10 +86,21 @@ def _png_ok(path):
 
 
 def _row(name, reward, kl, method=None, step=0):
-    r = {"name": name, "n_samples": 8, "reward_mean": reward, "reward_std": 0.1, "seq_kl_mean": kl,
-         "seq_kl_std": 0.1, "entropy_per_token": 2.5, "tokens_per_sample": 20.0, "finished_fraction": 0.1,
-         "win_rate_vs_reference": 0.5 if method is None else 0.7, "distinct_1": 0.5, "distinct_2": 0.8,
-         "step": step}
+    r = {
+        "name": name,
+        "n_samples": 8,
+        "reward_mean": reward,
+        "reward_std": 0.1,
+        "seq_kl_mean": kl,
+        "seq_kl_std": 0.1,
+        "entropy_per_token": 2.5,
+        "tokens_per_sample": 20.0,
+        "finished_fraction": 0.1,
+        "win_rate_vs_reference": 0.5 if method is None else 0.7,
+        "distinct_1": 0.5,
+        "distinct_2": 0.8,
+        "step": step,
+    }
     if method:
         r["method"] = method
     return r
@@ -93,12 +112,30 @@ def test_report_and_plots_on_fake_metrics(tmp_path):
     for i, m in enumerate(demo.METHODS):
         rows[f"{m}@5"] = _row(f"{m}@5", 0.2 + i * 0.01, 1.0 + i, m, 5)
         rows[m] = _row(m, 0.4 + i * 0.05, 3.0 - i, m, 10)
-    metrics = {m: [{"step": s, "kl/chosen": 0.1 * s, "kl/rejected": 0.2 * s + i, "kl/margin": 0.1 * s + i,
-                    "loss": 0.6} for s in range(1, 11)] for i, m in enumerate(demo.METHODS)}
-    summary = {"prompts": 5, "pairs": 4, "skipped_near_tie": 1, "chosen_reward_mean": 0.5,
-               "rejected_reward_mean": -0.2, "sample_reward_mean": 0.1}
-    path = demo.write_report(tmp_path, cfg, rows, metrics, summary, {"samples": {"wall_s": 1.5, "cpu_s": 2.0}, "train dpo": {"wall_s": 3.0, "cpu_s": 5.5}},
-                             {"reference": ("The film", " was fine|ok", 0.2)})
+    metrics = {
+        m: [
+            {"step": s, "kl/chosen": 0.1 * s, "kl/rejected": 0.2 * s + i, "kl/margin": 0.1 * s + i, "loss": 0.6}
+            for s in range(1, 11)
+        ]
+        for i, m in enumerate(demo.METHODS)
+    }
+    summary = {
+        "prompts": 5,
+        "pairs": 4,
+        "skipped_near_tie": 1,
+        "chosen_reward_mean": 0.5,
+        "rejected_reward_mean": -0.2,
+        "sample_reward_mean": 0.1,
+    }
+    path = demo.write_report(
+        tmp_path,
+        cfg,
+        rows,
+        metrics,
+        summary,
+        {"samples": {"wall_s": 1.5, "cpu_s": 2.0}, "train dpo": {"wall_s": 3.0, "cpu_s": 5.5}},
+        {"reference": ("The film", " was fine|ok", 0.2)},
+    )
     text = path.read_text()
     assert "| reference | 0.100 | 0.00 |" in text
     assert "| tdpo2 | 0.500 | 1.00 |" in text
@@ -119,32 +156,60 @@ def test_moving_average_by_hand():
 
 def test_read_metrics_keeps_train_records(tmp_path):
     f = tmp_path / "metrics.jsonl"
-    f.write_text("\n".join(json.dumps(r) for r in [
-        {"step": 2, "loss": 1, "kl/chosen": 0.2, "kl/rejected": 0.3, "kl/margin": 0.1},
-        {"step": 0, "eval_loss": 1.0},
-        {"step": 1, "loss": 1, "kl/chosen": 0.1, "kl/rejected": 0.1, "kl/margin": 0.0},
-    ]) + "\n")
+    f.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"step": 2, "loss": 1, "kl/chosen": 0.2, "kl/rejected": 0.3, "kl/margin": 0.1},
+                {"step": 0, "eval_loss": 1.0},
+                {"step": 1, "loss": 1, "kl/chosen": 0.1, "kl/rejected": 0.1, "kl/margin": 0.0},
+            ]
+        )
+        + "\n"
+    )
     assert [r["step"] for r in demo.read_metrics(f)] == [1, 2]
     assert demo.read_metrics(tmp_path / "missing.jsonl") == []
 
 
 def test_tiny_end_to_end_and_resume(tmp_path, capsys):
     pytest.importorskip("tdpo_mlx.trainer")
-    pytest.importorskip("tdpo_mlx.gguf_import")
+    pytest.importorskip("tdpo_mlx.gguf")
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from test_evaluate import make_tiny_model_dir
 
     d = make_tiny_model_dir(tmp_path / "model")
     cfg = demo.DemoConfig(
-        model=str(d), n_train_prompts=6, n_eval_prompts=3, samples_per_prompt=3, gen_max_tokens=5,
-        min_reward_gap=0.0, gen_batch_size=8, iters=4, batch_size=2, save_every=2, steps_per_report=1,
-        eval_samples_per_prompt=2, eval_max_tokens=5, max_length=48, max_prompt_length=32,
+        model=str(d),
+        n_train_prompts=6,
+        n_eval_prompts=3,
+        samples_per_prompt=3,
+        gen_max_tokens=5,
+        min_reward_gap=0.0,
+        gen_batch_size=8,
+        iters=4,
+        batch_size=2,
+        save_every=2,
+        steps_per_report=1,
+        eval_samples_per_prompt=2,
+        eval_max_tokens=5,
+        max_length=48,
+        max_prompt_length=32,
     )
     length = lambda p, c: [float(len(x)) for x in c]  # noqa: E731
     out = tmp_path / "out"
     demo.run_demo(out, cfg, progress=False, reward_fn=length)
-    for f in ("report.md", "reward_vs_kl.png", "kl_curves.png", "pairs.jsonl", "samples.jsonl", "eval/reference.json",
-              "eval/dpo.json", "eval/tdpo2-step-2.json", "adapters/tdpo1/adapters.safetensors", "timings.json"):
+    for f in (
+        "report.md",
+        "reward_vs_kl.png",
+        "kl_curves.png",
+        "pairs.jsonl",
+        "samples.jsonl",
+        "eval/reference.json",
+        "eval/dpo.json",
+        "eval/tdpo2-step-2.json",
+        "adapters/tdpo1/adapters.safetensors",
+        "timings.json",
+    ):
         assert (out / f).exists(), f
     pairs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
     assert pairs and all(p["chosen_reward"] >= p["rejected_reward"] for p in pairs)

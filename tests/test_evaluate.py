@@ -5,12 +5,11 @@ import json
 import math
 import pathlib
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
 import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
-import mlx.core as mx
-
 from tdpo_mlx import evaluate as ev
 from tdpo_mlx import rewards
 
@@ -38,8 +37,10 @@ def make_tiny_model_dir(path, seed: int = 0) -> pathlib.Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=300,
+        special_tokens=["<pad>", "<eos>", "<bos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
@@ -47,9 +48,18 @@ def make_tiny_model_dir(path, seed: int = 0) -> pathlib.Path:
         tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
     ).save_pretrained(str(d))
     cfg = dict(
-        model_type="gemma3_text", hidden_size=32, num_hidden_layers=2, intermediate_size=64,
-        num_attention_heads=2, head_dim=16, num_key_value_heads=1, vocab_size=tok.get_vocab_size(),
-        sliding_window=16, sliding_window_pattern=2, query_pre_attn_scalar=16, eos_token_id=1,
+        model_type="gemma3_text",
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        num_attention_heads=2,
+        head_dim=16,
+        num_key_value_heads=1,
+        vocab_size=tok.get_vocab_size(),
+        sliding_window=16,
+        sliding_window_pattern=2,
+        query_pre_attn_scalar=16,
+        eos_token_id=1,
     )
     mx.random.seed(seed)
     model = gemma3_text.Model(gemma3_text.ModelArgs.from_dict(cfg))
@@ -190,8 +200,9 @@ def test_reward_loader_user_module_and_output_checks(tmp_path, monkeypatch):
 def test_kl_of_identical_models_is_zero(tiny):
     model, tok = tiny
     attach_lora(model)  # lora_b starts at zero: policy == reference
-    samples = ev.generate_samples(model, tok, ["I went into this film", "the plot"], samples_per_prompt=2,
-                                  max_tokens=6, seed=3, progress=False)
+    samples = ev.generate_samples(
+        model, tok, ["I went into this film", "the plot"], samples_per_prompt=2, max_tokens=6, seed=3, progress=False
+    )
     st = ev.sample_statistics(model, samples, batch_size=3, progress=False)
     np.testing.assert_allclose(st["kl"], 0.0, atol=1e-5)
     assert (st["n_tokens"] == [len(s.completion_ids) for s in samples]).all()
@@ -204,8 +215,15 @@ def test_sequence_kl_matches_full_logits_reference(tiny):
 
     model, tok = tiny
     attach_lora(model, perturb=0.5)
-    samples = ev.generate_samples(model, tok, ["I went into this film expecting", "the plot"],
-                                  samples_per_prompt=3, max_tokens=7, seed=1, progress=False)
+    samples = ev.generate_samples(
+        model,
+        tok,
+        ["I went into this film expecting", "the plot"],
+        samples_per_prompt=3,
+        max_tokens=7,
+        seed=1,
+        progress=False,
+    )
     st = ev.sample_statistics(model, samples, batch_size=4, pad_id=0, progress=False)
     assert (st["kl"] > 1e-4).all()
     for i, s in enumerate(samples):
@@ -251,8 +269,9 @@ def test_evaluate_policy_rows(tiny):
     model, tok = tiny
     attach_lora(model, perturb=0.3)
     length = lambda p, c: [float(len(x)) for x in c]  # noqa: E731
-    res = ev.evaluate_policy(model, tok, ["the film", "I went"], length, name="pol", samples_per_prompt=2,
-                             max_tokens=5, progress=False)
+    res = ev.evaluate_policy(
+        model, tok, ["the film", "I went"], length, name="pol", samples_per_prompt=2, max_tokens=5, progress=False
+    )
     assert res.reference["seq_kl_mean"] == 0.0 and res.reference["win_rate_vs_reference"] == 0.5
     assert res.policy["seq_kl_mean"] > 0
     assert res.policy["reward_mean"] == pytest.approx(np.mean(res.policy_rewards))
@@ -270,14 +289,47 @@ def test_generate_and_eval_cli(tiny_dir, tmp_path, capsys):
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the film\n\nI went into this film\n")
-    assert main(["generate", "--model", str(tiny_dir), "--prompt-file", str(prompts), "--max-tokens", "4",
-                 "--seed", "1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny_dir),
+                "--prompt-file",
+                str(prompts),
+                "--max-tokens",
+                "4",
+                "--seed",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [x["prompt"] for x in lines] == ["the film", "I went into this film"]
 
     out = tmp_path / "eval"
-    assert main(["eval", "--model", str(tiny_dir), "--prompts", str(prompts), "--reward", "sentiment",
-                 "--samples-per-prompt", "2", "--max-tokens", "4", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_dir),
+                "--prompts",
+                str(prompts),
+                "--reward",
+                "sentiment",
+                "--samples-per-prompt",
+                "2",
+                "--max-tokens",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "eval.json").read_text())
     assert res["kl_direction"].startswith("KL(pi_theta || pi_ref)")
     assert [r["name"] for r in res["rows"]] == ["reference", "policy"]
@@ -309,8 +361,26 @@ def test_load_model_with_trained_adapters_round_trip(tiny_dir, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "the film"}) + "\n" + json.dumps({"prompt": "I went"}) + "\n")
     out = tmp_path / "eval"
-    assert main(["eval", "--model", str(tiny_dir), "--adapter-path", str(ad), "--prompts", str(prompts),
-                 "--samples-per-prompt", "2", "--max-tokens", "4", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_dir),
+                "--adapter-path",
+                str(ad),
+                "--prompts",
+                str(prompts),
+                "--samples-per-prompt",
+                "2",
+                "--max-tokens",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "eval.json").read_text())["rows"]
     assert rows[1]["name"] == "adapters" and rows[1]["seq_kl_mean"] > 0
 

@@ -8,16 +8,24 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
 from export_tiny import make_adapter, make_model_dir, mlx_logits
+from mlx.utils import tree_flatten
 from safetensors import safe_open
 
-from tdpo_mlx import export_io
 from tdpo_mlx.export import ExportPrecisionWarning, UnsupportedExportError, export
-from tdpo_mlx.export_peft import choose_targets, peft_targets
-from tdpo_mlx.hf_names import check_supported
+from tdpo_mlx.export import files as export_io
+from tdpo_mlx.export.names import check_supported
+from tdpo_mlx.export.peft import choose_targets, peft_targets
 
-LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+LINEARS = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+]
 
 
 def _tensors(path):
@@ -94,8 +102,12 @@ def test_unsupported_mappings_raise_clear_errors(llama, tmp_path):
         check_supported("gemma3")
     with pytest.raises(UnsupportedExportError, match="mixtral"):
         check_supported("mixtral")
-    emb = make_adapter(model, tmp_path / "emb", num_layers=3, keys=["self_attn.q_proj", "model.embed_tokens"], dora=True)
-    with pytest.raises(UnsupportedExportError, match="model.embed_tokens: DoRAEmbedding adapters on embeddings have no PEFT form"):
+    emb = make_adapter(
+        model, tmp_path / "emb", num_layers=3, keys=["self_attn.q_proj", "model.embed_tokens"], dora=True
+    )
+    with pytest.raises(
+        UnsupportedExportError, match="model.embed_tokens: DoRAEmbedding adapters on embeddings have no PEFT form"
+    ):
         export(model, emb, to="peft", out=tmp_path / "peft")
     assert not (tmp_path / "peft").exists()
     # the fused export has a safe form: equal logits to the adapter in MLX
@@ -114,7 +126,9 @@ def test_hf_export_of_quantized_base_is_fused_dequantized_hf_layout(tmp_path):
     assert res.dtype == "float32" and res.warnings == []
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert "quantization" not in cfg and "quantization_config" not in cfg
-    assert cfg["architectures"] == ["Qwen2ForCausalLM"] and cfg["torch_dtype"] == "float32" and cfg["dtype"] == "float32"
+    assert (
+        cfg["architectures"] == ["Qwen2ForCausalLM"] and cfg["torch_dtype"] == "float32" and cfg["dtype"] == "float32"
+    )
     assert cfg["tie_word_embeddings"] is True
     meta, tensors = _tensors(tmp_path / "hf" / "model.safetensors")
     assert meta == {"format": "pt"}
@@ -189,9 +203,19 @@ def test_a2_end_to_end_bf16_base(tmp_path):
     a[0, 0] = 1.0
     b = np.zeros((1, 64), np.float32)
     b[0, 0] = 0.25  # scale 2.0 -> update 0.5 on w[0, 0] only
-    mx.save_safetensors(str(ad / "adapters.safetensors"), {
-        "model.layers.2.self_attn.q_proj.lora_a": mx.array(a), "model.layers.2.self_attn.q_proj.lora_b": mx.array(b)})
-    (ad / "adapter_config.json").write_text(json.dumps({"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": {"rank": 1, "scale": 2.0, "dropout": 0.0, "keys": ["self_attn.q_proj"]}}))
+    mx.save_safetensors(
+        str(ad / "adapters.safetensors"),
+        {"model.layers.2.self_attn.q_proj.lora_a": mx.array(a), "model.layers.2.self_attn.q_proj.lora_b": mx.array(b)},
+    )
+    (ad / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "fine_tune_type": "lora",
+                "num_layers": 1,
+                "lora_parameters": {"rank": 1, "scale": 2.0, "dropout": 0.0, "keys": ["self_attn.q_proj"]},
+            }
+        )
+    )
 
     with pytest.warns(ExportPrecisionWarning, match=r"model\.layers\.2\.self_attn\.q_proj: the bfloat16 export"):
         res = export(model, ad, to="hf", out=tmp_path / "bf16")  # default dtype: the base's (bf16)
@@ -214,20 +238,36 @@ def test_a2_end_to_end_bf16_base(tmp_path):
 
 def test_model_card_reports_training_facts(llama, tmp_path):
     model, _, _ = llama
-    extra = {"loss": "tdpo2", "beta": 0.1, "alpha": 0.5, "data": "hh-rlhf harmless-base", "iters": 30,
-             "base_model": "google/gemma-3-270m"}
+    extra = {
+        "loss": "tdpo2",
+        "beta": 0.1,
+        "alpha": 0.5,
+        "data": "hh-rlhf harmless-base",
+        "iters": 30,
+        "base_model": "google/gemma-3-270m",
+    }
     ad = make_adapter(model, tmp_path / "ad", num_layers=1, extra=extra)
     (ad / "metrics.jsonl").write_text(
-        json.dumps({"step": 10, "loss": 0.7, "eval_loss": 0.69}) + "\n"
-        + json.dumps({"step": 30, "loss": 0.5}) + "\n"
-        + json.dumps({"step": 30, "eval_loss": 0.61, "eval_rewards/accuracies": 0.75}) + "\n"
+        json.dumps({"step": 10, "loss": 0.7, "eval_loss": 0.69})
+        + "\n"
+        + json.dumps({"step": 30, "loss": 0.5})
+        + "\n"
+        + json.dumps({"step": 30, "eval_loss": 0.61, "eval_rewards/accuracies": 0.75})
+        + "\n"
     )
     for to in ("peft", "hf", "mlx"):
         export(model, ad, to=to, out=tmp_path / to)
         card = (tmp_path / to / "README.md").read_text()
         assert "base_model: google/gemma-3-270m" in card
-        for text in ("| Method | TDPO2 |", "| beta | 0.1 |", "| alpha (TDPO) | 0.5 |", "| Steps | 30 |",
-                     "| Data | hh-rlhf harmless-base |", "| eval_loss | 0.61 |", "| eval_rewards/accuracies | 0.75 |"):
+        for text in (
+            "| Method | TDPO2 |",
+            "| beta | 0.1 |",
+            "| alpha (TDPO) | 0.5 |",
+            "| Steps | 30 |",
+            "| Data | hh-rlhf harmless-base |",
+            "| eval_loss | 0.61 |",
+            "| eval_rewards/accuracies | 0.75 |",
+        ):
             assert text in card, (to, text)
     assert "library_name: peft" in (tmp_path / "peft" / "README.md").read_text()
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
@@ -270,7 +310,7 @@ def test_writes_are_atomic(llama, tmp_path, monkeypatch):
         export(model, lora, to="peft", out=out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
-    import tdpo_mlx.export_hf as ehf
+    import tdpo_mlx.export.hf as ehf
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -293,7 +333,21 @@ def test_cli_export(llama, tmp_path, capsys):
     from tdpo_mlx.cli import main
 
     model, lora, _ = llama
-    rc = main(["export", "--model", str(model), "--adapter-path", str(lora), "--to", "hf", "--out", str(tmp_path / "hf"), "--dtype", "float16"])
+    rc = main(
+        [
+            "export",
+            "--model",
+            str(model),
+            "--adapter-path",
+            str(lora),
+            "--to",
+            "hf",
+            "--out",
+            str(tmp_path / "hf"),
+            "--dtype",
+            "float16",
+        ]
+    )
     assert rc == 0
     assert "wrote hf export" in capsys.readouterr().out
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "float16"
@@ -320,7 +374,9 @@ def test_base_model_name_warnings(tmp_path):
 @pytest.mark.slow
 def test_real_gemma_peft_export_names(gemma_dir, tmp_path):
     """PEFT export of an adapter on the real Gemma 3 270M: HF module paths and config."""
-    ad = make_adapter(Path(gemma_dir), tmp_path / "ad", num_layers=4, rank=8, keys=["self_attn.q_proj", "self_attn.v_proj"])
+    ad = make_adapter(
+        Path(gemma_dir), tmp_path / "ad", num_layers=4, rank=8, keys=["self_attn.q_proj", "self_attn.v_proj"]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export(gemma_dir, ad, to="peft", out=tmp_path / "peft", base_model_name="google/gemma-3-270m")
@@ -350,8 +406,26 @@ def test_requantizing_a_qlora_fuse_warns_per_layer(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ExportPrecisionWarning)
         assert export(q4, ad, to="mlx", out=tmp_path / "f32").warnings == []
-    assert main(["export", "--model", str(q4), "--adapter-path", str(ad), "--to", "mlx", "--quantize", "4",
-                 "--q-group-size", "32", "--out", str(tmp_path / "cli")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(q4),
+                "--adapter-path",
+                str(ad),
+                "--to",
+                "mlx",
+                "--quantize",
+                "4",
+                "--q-group-size",
+                "32",
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().err.count("warning: model.layers.2.") == 7
 
 
@@ -361,8 +435,9 @@ def test_peft_embedding_lora_keys_and_tied_error(tmp_path):
     export(llama, ad, to="peft", out=tmp_path / "peft")
     _, tensors = _tensors(tmp_path / "peft" / "adapter_model.safetensors")
     _, adapter = _tensors(ad / "adapters.safetensors")
-    np.testing.assert_array_equal(tensors["base_model.model.model.embed_tokens.lora_embedding_A"],
-                                  adapter["model.embed_tokens.lora_a"].T)  # (r, vocab)
+    np.testing.assert_array_equal(
+        tensors["base_model.model.model.embed_tokens.lora_embedding_A"], adapter["model.embed_tokens.lora_a"].T
+    )  # (r, vocab)
     assert tensors["base_model.model.model.embed_tokens.lora_embedding_B"].shape == (64, 4)  # (dims, r)
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert cfg["target_modules"] == ["embed_tokens", "q_proj"] and cfg["layers_to_transform"] is None

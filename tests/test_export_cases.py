@@ -10,7 +10,7 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers, load_adapters
 
-from tdpo_mlx.export_fuse import (
+from tdpo_mlx.export.fuse import (
     ExportPrecisionWarning,
     dtype_rounder,
     fuse_float32,
@@ -45,7 +45,11 @@ def _save_adapter(model, path, rank, scale):
     path.mkdir()
     adapter = {k: v for k, v in tree_flatten(model.parameters()) if k.split(".")[-1] in ("lora_a", "lora_b", "m")}
     mx.save_safetensors(str(path / "adapters.safetensors"), adapter)
-    cfg = {"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": {"rank": rank, "scale": scale, "dropout": 0.0, "keys": ["proj"]}}
+    cfg = {
+        "fine_tune_type": "lora",
+        "num_layers": 1,
+        "lora_parameters": {"rank": rank, "scale": scale, "dropout": 0.0, "keys": ["proj"]},
+    }
     (path / "adapter_config.json").write_text(json.dumps(cfg))
     return adapter
 
@@ -92,7 +96,7 @@ def test_a2b_bf16_cannot_hold_update_fp16_can():
     assert fused.dtype == mx.float32 and fused.item() == 256.5  # fused in fp32 first
 
     losses = rounding_losses(model, res, dtype_rounder(mx.bfloat16), "bfloat16")
-    assert [(l.name, l.erased, l.retained) for l in losses] == [("layers.0.proj", True, 0.0)]
+    assert [(x.name, x.erased, x.retained) for x in losses] == [("layers.0.proj", True, 0.0)]
     with pytest.warns(ExportPrecisionWarning, match=r"layers\.0\.proj: the bfloat16 export maps the fused layer back"):
         warn_losses(losses)
     assert fused.astype(mx.bfloat16).item() == 256.0  # what bf16 would have stored
@@ -135,7 +139,7 @@ def test_a2a_requantization_back_to_base_codes_warns():
     res = fuse_float32(model)
     assert float(mx.abs(model.layers[0].proj.weight - mx.array(deq)).max().item()) == pytest.approx(0.01, abs=1e-6)
     losses = rounding_losses(model, res, quant_rounder(64, 4), "4-bit")
-    assert [(l.name, l.erased) for l in losses] == [("layers.0.proj", True)]
+    assert [(x.name, x.erased) for x in losses] == [("layers.0.proj", True)]
     assert "4-bit export maps the fused layer back to the base weights" in losses[0].message()
 
     # an update over the whole group moves the grid: not erased, no warning

@@ -15,9 +15,10 @@ from mlx_lm.models import gemma2, gemma3_text, llama, qwen2
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from tdpo_mlx import stats
+from tdpo_mlx import fast_stats as stats
 from tdpo_mlx.data import EncodedPair, make_batch
-from tdpo_mlx.stats import batch_statistics, default_chunk_size, model_statistics
+from tdpo_mlx.fast_stats import batch_statistics, default_chunk_size
+from tdpo_mlx.stats import model_statistics
 
 V = 32000
 RTOL = 1e-4
@@ -39,8 +40,14 @@ def _lora(model, seed=1, rank=4, num_layers=None):
 def _llama(tied, seed=0, vocab=V):
     mx.random.seed(seed)
     args = llama.ModelArgs(
-        model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-        num_attention_heads=4, rms_norm_eps=1e-5, vocab_size=vocab, num_key_value_heads=2,
+        model_type="llama",
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        num_attention_heads=4,
+        rms_norm_eps=1e-5,
+        vocab_size=vocab,
+        num_key_value_heads=2,
         tie_word_embeddings=tied,
     )
     return llama.Model(args)
@@ -93,14 +100,26 @@ def _assert_grads_close(ga, gb):
 def _check(model, batch, reference_model=None, chunk_size=8, avgs=(False,), **kw):
     for avg in avgs:
         plain = model_statistics(model, batch, reference_model=reference_model, average_log_prob=avg)
-        fast = batch_statistics(model, batch, reference_model=reference_model, average_log_prob=avg,
-                                chunk_size=chunk_size, **kw)
+        fast = batch_statistics(
+            model, batch, reference_model=reference_model, average_log_prob=avg, chunk_size=chunk_size, **kw
+        )
         _assert_stats_close(plain, fast)
         coef = _coef(plain.logps.shape[0])
-        _, gp = nn.value_and_grad(model, _loss(model_statistics, batch, coef, reference_model=reference_model,
-                                               average_log_prob=avg))(model)
-        _, gf = nn.value_and_grad(model, _loss(batch_statistics, batch, coef, reference_model=reference_model,
-                                               average_log_prob=avg, chunk_size=chunk_size, **kw))(model)
+        _, gp = nn.value_and_grad(
+            model, _loss(model_statistics, batch, coef, reference_model=reference_model, average_log_prob=avg)
+        )(model)
+        _, gf = nn.value_and_grad(
+            model,
+            _loss(
+                batch_statistics,
+                batch,
+                coef,
+                reference_model=reference_model,
+                average_log_prob=avg,
+                chunk_size=chunk_size,
+                **kw,
+            ),
+        )(model)
         _assert_grads_close(gp, gf)
 
 
@@ -132,9 +151,17 @@ def test_default_chunk_size():
 def test_gemma3_text_tied():
     mx.random.seed(0)
     args = gemma3_text.ModelArgs(
-        model_type="gemma3_text", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-        num_attention_heads=2, head_dim=32, rms_norm_eps=1e-6, vocab_size=8000, num_key_value_heads=1,
-        sliding_window=8, sliding_window_pattern=2,
+        model_type="gemma3_text",
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        num_attention_heads=2,
+        head_dim=32,
+        rms_norm_eps=1e-6,
+        vocab_size=8000,
+        num_key_value_heads=1,
+        sliding_window=8,
+        sliding_window_pattern=2,
     )
     model = gemma3_text.Model(args)
     model.tie_word_embeddings = True
@@ -145,8 +172,15 @@ def test_gemma3_text_tied():
 def test_final_logit_softcapping_gemma2():
     mx.random.seed(0)
     args = gemma2.ModelArgs(
-        model_type="gemma2", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-        num_attention_heads=2, head_dim=32, rms_norm_eps=1e-6, vocab_size=8000, num_key_value_heads=1,
+        model_type="gemma2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        num_attention_heads=2,
+        head_dim=32,
+        rms_norm_eps=1e-6,
+        vocab_size=8000,
+        num_key_value_heads=1,
         final_logit_softcapping=0.5,  # small cap: tanh is far from linear at these logits
     )
     model = _lora(gemma2.Model(args))
@@ -174,8 +208,9 @@ def test_separate_reference_model():
 def test_not_differentiable_mode_values():
     model = _lora(_llama(False))
     batch = _batch()
-    _assert_stats_close(model_statistics(model, batch),
-                        batch_statistics(model, batch, differentiable=False, chunk_size=8))
+    _assert_stats_close(
+        model_statistics(model, batch), batch_statistics(model, batch, differentiable=False, chunk_size=8)
+    )
 
 
 def test_fast_false_is_the_plain_path():
@@ -206,8 +241,14 @@ def test_unknown_logit_transform_falls_back_with_a_warning():
 def test_grad_checkpoint_keeps_values_and_gradients():
     mx.random.seed(0)
     args = qwen2.ModelArgs(
-        model_type="qwen2", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-        num_attention_heads=4, rms_norm_eps=1e-6, vocab_size=V, num_key_value_heads=2,
+        model_type="qwen2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        num_attention_heads=4,
+        rms_norm_eps=1e-6,
+        vocab_size=V,
+        num_key_value_heads=2,
     )
     model = _lora(qwen2.Model(args))
     batch = _batch()
@@ -245,8 +286,15 @@ def test_real_gemma_fast_equals_plain(gemma_dir):
         if hasattr(m, "lora_b"):
             m.lora_b = m.lora_b * 0.02  # keep the policy close to the base (KL of a few nats)
     rng = np.random.default_rng(0)
-    batch = make_batch([EncodedPair(rng.integers(10, 262144, 8).tolist(), rng.integers(10, 262144, 12).tolist(),
-                                    rng.integers(10, 262144, 10).tolist())])
+    batch = make_batch(
+        [
+            EncodedPair(
+                rng.integers(10, 262144, 8).tolist(),
+                rng.integers(10, 262144, 12).tolist(),
+                rng.integers(10, 262144, 10).tolist(),
+            )
+        ]
+    )
     plain = model_statistics(model, batch)
     fast = batch_statistics(model, batch)
     _assert_stats_close(plain, fast)

@@ -1,4 +1,4 @@
-"""Fast tests of tdpo_mlx.gguf_import on tiny GGUF files written here with gguf.GGUFWriter.
+"""Fast tests of tdpo_mlx.gguf on tiny GGUF files written here with gguf.GGUFWriter.
 
 Each test writes a small model (random weights in Hugging Face layout), transforms it the way
 llama.cpp's convert_hf_to_gguf.py does (llama Q/K row permutation, Gemma norm + 1), stores it
@@ -19,7 +19,7 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 from gguf.quants import dequantize, quantize  # noqa: E402
 
-from tdpo_mlx import gguf_import as gi  # noqa: E402
+from tdpo_mlx.gguf import importer as gi  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -151,7 +151,11 @@ GEMMA_HF_TO_GGUF = dict(
 
 
 def gguf_name(hf: str, table=HF_TO_GGUF) -> str:
-    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    top = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
     if hf in top:
         return top[hf]
     _, _, i, rest = hf.split(".", 3)
@@ -271,8 +275,18 @@ def test_llama_f32_roundtrip_weights_and_forward(tmp_path):
 
     model, tok = mlx_lm.load(str(out))
     ids = [1, 270, 260, 265, 266, 267, 268]
-    args = dict(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=96, num_attention_heads=4,
-                num_key_value_heads=2, rms_norm_eps=1e-6, vocab_size=vocab, rope_theta=10000.0, tie_word_embeddings=False)
+    args = dict(
+        model_type="llama",
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-6,
+        vocab_size=vocab,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
     want = mlx_forward_from_weights("llama", args, hf, ids)
     np.testing.assert_allclose(np.array(model(mx.array([ids]))[0]), want, rtol=1e-5, atol=1e-5)
 
@@ -322,8 +336,18 @@ def test_qwen2_names_bias_tied_and_bytelevel(tmp_path):
 
     model, tok = mlx_lm.load(str(out))
     ids = tok.encode("hello world")
-    args = dict(model_type="qwen2", hidden_size=64, num_hidden_layers=2, intermediate_size=96, num_attention_heads=4,
-                num_key_value_heads=2, rms_norm_eps=1e-6, vocab_size=vocab, rope_theta=10000.0, tie_word_embeddings=True)
+    args = dict(
+        model_type="qwen2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-6,
+        vocab_size=vocab,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+    )
     want = mlx_forward_from_weights("qwen2", args, {k: got[k] for k in got}, ids)
     logits = np.array(model(mx.array([ids]))[0].astype(mx.float32))
     np.testing.assert_allclose(logits, want, rtol=1e-2, atol=5e-2)  # float16 model vs float32 reference (|logit| ~ 10)
@@ -337,7 +361,12 @@ def test_gemma3_norms_minus_one_and_config(tmp_path):
     hf = {"model.embed_tokens.weight": rng.normal(0, 0.5, (vocab, h)), "model.norm.weight": 0.1 * rng.normal(size=h)}
     for i in range(6):  # mlx-lm gemma3_text needs >= sliding_window_pattern layers; layer 5 is global
         p = f"model.layers.{i}."
-        for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"):
+        for n in (
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ):
             hf[p + n + ".weight"] = 0.1 * rng.normal(size=h)
         hf[p + "self_attn.q_norm.weight"] = 0.1 * rng.normal(size=hd)
         hf[p + "self_attn.k_norm.weight"] = 0.1 * rng.normal(size=hd)
@@ -383,8 +412,18 @@ def test_gemma3_norms_minus_one_and_config(tmp_path):
 
     model, tok = mlx_lm.load(str(out))
     ids = [1, 268, 262, 269, 270, 271]
-    args = dict(model_type="gemma3_text", hidden_size=h, num_hidden_layers=6, intermediate_size=f, num_attention_heads=nh,
-                head_dim=hd, num_key_value_heads=1, vocab_size=vocab, sliding_window=4, query_pre_attn_scalar=hd)
+    args = dict(
+        model_type="gemma3_text",
+        hidden_size=h,
+        num_hidden_layers=6,
+        intermediate_size=f,
+        num_attention_heads=nh,
+        head_dim=hd,
+        num_key_value_heads=1,
+        vocab_size=vocab,
+        sliding_window=4,
+        query_pre_attn_scalar=hd,
+    )
     want = mlx_forward_from_weights("gemma3_text", args, hf, ids)
     np.testing.assert_allclose(np.array(model(mx.array([ids]))[0]), want, rtol=1e-5, atol=1e-5)
 
@@ -631,8 +670,13 @@ def test_llama3_rope_freqs_become_llama3_rope_scaling(tmp_path):
     finish(w)
     g = gi.read_gguf(src)
     cfg = gi.model_config(g)
-    assert cfg["rope_scaling"] == {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    assert cfg["rope_scaling"] == {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
     assert cfg["rope_theta"] == base
     assert "rope_freqs.weight" not in dict(gi.iter_weights(g, cfg))
 
@@ -665,14 +709,16 @@ def test_import_works_without_torch(tmp_path):
     rng = np.random.default_rng(9)
     src = tmp_path / "m.gguf"
     write_llama_like(src, "llama", random_llama_hf(rng, len(sentencepiece_vocab()[0])), {"default": Q.Q8_0})
-    code = _HIDE_TORCH + f"""
+    code = (
+        _HIDE_TORCH
+        + f"""
 try:
     import torch
 except ModuleNotFoundError:
     pass
 else:
     raise SystemExit("torch blocker failed")
-import tdpo_mlx.gguf_import as gi, mlx_lm, mlx.core as mx
+import tdpo_mlx.gguf.importer as gi, mlx_lm, mlx.core as mx
 out = gi.import_gguf({str(src)!r}, {str(tmp_path / "o")!r}, quantize=8, group_size=32)
 model, tok = mlx_lm.load(str(out))
 assert tok.encode("hello world")[0] == 1
@@ -681,13 +727,27 @@ from transformers import AutoTokenizer
 assert AutoTokenizer.from_pretrained(str(out))("hello")["input_ids"][0] == 1
 assert "torch" not in sys.modules
 """
+    )
     root = pathlib.Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
-                       env={**os.environ, "PYTHONPATH": str(root)})
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-PARITY_TEXTS = ["hello world", "hello  hello\n\nworld", "h\u00e9llo w\u00f6rld \u2713", " lead", "trail ", "\u4e16\u754c ab ba", ""]
+PARITY_TEXTS = [
+    "hello world",
+    "hello  hello\n\nworld",
+    "h\u00e9llo w\u00f6rld \u2713",
+    " lead",
+    "trail ",
+    "\u4e16\u754c ab ba",
+    "",
+]
 
 
 @pytest.mark.parametrize("kind", ["sp", "bytelevel"])
@@ -700,8 +760,12 @@ def test_tokenizer_parity_with_transformers_gguf_builders(tmp_path, kind):
     write_llama_like(src, arch, random_llama_hf(rng, 8), {"default": Q.F16}, tokenizer=kind, permute=False)
     g = gi.read_gguf(src)
     md = g.metadata
-    d = {"tokenizer_type": md["tokenizer.ggml.model"], "tokens": md["tokenizer.ggml.tokens"],
-         "token_type": md["tokenizer.ggml.token_type"], "pre_tokenizer_type": md.get("tokenizer.ggml.pre")}
+    d = {
+        "tokenizer_type": md["tokenizer.ggml.model"],
+        "tokens": md["tokenizer.ggml.tokens"],
+        "token_type": md["tokenizer.ggml.token_type"],
+        "pre_tokenizer_type": md.get("tokenizer.ggml.pre"),
+    }
     if kind == "sp":
         d["scores"] = md["tokenizer.ggml.scores"]
     else:

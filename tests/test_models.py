@@ -9,9 +9,9 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.dora import DoRALinear
 from mlx_lm.tuner.lora import LoRALinear
+from tiny_lm import make_model_dir
 
 from tdpo_mlx.models import adapter_modules, adapters_disabled, count_trainable, load_policy, resolve_lora_keys
-from tiny_lm import make_model_dir
 
 TOKENS = mx.array([[1, 4, 9, 12, 7, 30, 2, 5]])
 
@@ -31,7 +31,8 @@ def test_a3_trainable_count_and_reference(model_dir):
     model, _ = load_policy(str(model_dir), lora_rank=8, lora_keys=["self_attn.q_proj", "v_proj"])
     assert count_trainable(model) == 4096
     assert model.adapter_config == {
-        "fine_tune_type": "lora", "num_layers": -1,
+        "fine_tune_type": "lora",
+        "num_layers": -1,
         "lora_parameters": {"rank": 8, "scale": 2.0, "dropout": 0.0, "keys": ["self_attn.q_proj", "self_attn.v_proj"]},
     }
     assert len(adapter_modules(model)) == 4
@@ -44,8 +45,17 @@ def test_a3_trainable_count_and_reference(model_dir):
 def test_default_keys_every_linear_and_last_n_layers(model_dir):
     model, _ = load_policy(str(model_dir), lora_rank=4, lora_alpha=8, lora_layers=1)
     keys = model.adapter_config["lora_parameters"]["keys"]
-    assert keys == sorted(["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj",
-                           "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"])
+    assert keys == sorted(
+        [
+            "mlp.down_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "self_attn.k_proj",
+            "self_attn.o_proj",
+            "self_attn.q_proj",
+            "self_attn.v_proj",
+        ]
+    )
     names = [n for n, _ in adapter_modules(model)]
     assert len(names) == 7 and all(n.startswith("model.layers.1.") for n in names)
     # rank 4: q,k,v,o 64x64 -> 4*(64*4+4*64)=2048; gate/up 64->128: 2*(64*4+4*128)=1536; down 128->64: 768

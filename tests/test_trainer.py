@@ -11,6 +11,7 @@ import mlx.optimizers as optim
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
+from tiny_lm import make_model_dir, random_pairs
 
 from tdpo_mlx.data import make_batch
 from tdpo_mlx.models import adapter_modules, adapters_disabled, count_trainable, load_policy
@@ -23,7 +24,6 @@ from tdpo_mlx.trainer import (
     build_schedule,
     train,
 )
-from tiny_lm import make_model_dir, random_pairs
 
 LN2 = math.log(2.0)
 
@@ -100,7 +100,7 @@ def test_accumulation_equals_one_big_batch(model_dir, split, loss_type):
     big = accumulate_gradients(model, [make_batch(pairs)], **kw)
     parts, i = [], 0
     for s in split:
-        parts.append(make_batch(pairs[i:i + s]))
+        parts.append(make_batch(pairs[i : i + s]))
         i += s
     acc = accumulate_gradients(model, parts, **kw)
     gb, ga = _flat(big.grads), _flat(acc.grads)
@@ -151,9 +151,24 @@ def test_schedule_warmup_as_paper_then_constant_or_cosine():
 
 
 def _cfg(model_dir, out, **kw):
-    base = dict(model=str(model_dir), adapter_path=str(out), lora_rank=8, lora_keys=["q_proj", "v_proj"],
-                lora_dropout=0.1, batch_size=2, grad_accum=2, iters=8, warmup_steps=3, lr=5e-3,
-                lr_schedule="cosine", eval_every=4, save_every=4, steps_per_report=1, seed=7, progress=False)
+    base = dict(
+        model=str(model_dir),
+        adapter_path=str(out),
+        lora_rank=8,
+        lora_keys=["q_proj", "v_proj"],
+        lora_dropout=0.1,
+        batch_size=2,
+        grad_accum=2,
+        iters=8,
+        warmup_steps=3,
+        lr=5e-3,
+        lr_schedule="cosine",
+        eval_every=4,
+        save_every=4,
+        steps_per_report=1,
+        seed=7,
+        progress=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -218,8 +233,14 @@ def test_resume_equals_uninterrupted_run_a3(model_dir, data, full_run, tmp_path)
 
     second = []
     model, tok = _policy(model_dir, lora_dropout=0.1)  # fresh LoRA init, overwritten by the checkpoint
-    res2 = train(_cfg(model_dir, out, resume="latest"), callback=second.append, model=model, tokenizer=tok,
-                 train_pairs=data[0], eval_pairs=data[1])
+    res2 = train(
+        _cfg(model_dir, out, resume="latest"),
+        callback=second.append,
+        model=model,
+        tokenizer=tok,
+        train_pairs=data[0],
+        eval_pairs=data[1],
+    )
     assert count_trainable(model) == 4096
     with adapters_disabled(model):
         assert count_trainable(model) == 0
@@ -247,7 +268,7 @@ def test_saved_adapters_load_in_mlx_lm_with_same_logits(model_dir, full_run):
     assert cfg["fine_tune_type"] == "lora" and cfg["lora_parameters"]["rank"] == 8
     assert cfg["tdpo"]["loss"] == "tdpo2" and cfg["tdpo"]["beta"] == 0.1 and cfg["base_model"] == str(model_dir)
     assert cfg["steps"] == 8
-    from tdpo_mlx.export_card import training_info
+    from tdpo_mlx.export.card import training_info
 
     info = training_info(out)  # what the exporter's model card reads
     assert (info["method"], info["beta"], info["steps"], info["rank"]) == ("TDPO2", 0.1, 8, 8)
@@ -302,8 +323,9 @@ def test_separate_reference_model_equals_adapters_off(model_dir, data, tmp_path)
     """--ref-model pointing at the same base weights gives exactly the adapters-off run."""
     kw = dict(iters=3, eval_every=0, save_every=0, lora_dropout=0.0, lr_schedule="constant")
     r1 = train(_cfg(model_dir, tmp_path / "off", **kw), train_pairs=data[0], eval_pairs=data[1])
-    r2 = train(_cfg(model_dir, tmp_path / "sep", ref_model=str(model_dir), **kw), train_pairs=data[0],
-               eval_pairs=data[1])
+    r2 = train(
+        _cfg(model_dir, tmp_path / "sep", ref_model=str(model_dir), **kw), train_pairs=data[0], eval_pairs=data[1]
+    )
     a, b = _adapters(tmp_path / "off" / "adapters.safetensors"), _adapters(tmp_path / "sep" / "adapters.safetensors")
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0)
@@ -317,13 +339,21 @@ def test_dora_and_qlora_training_smoke(model_dir, data, tmp_path, dora, quantize
     from mlx_lm import load
 
     model, tok = _policy(model_dir, dora=dora, quantize=quantize)
-    base_before = {k: np.array(v) for k, v in tree_flatten(model.parameters())
-                   if not k.endswith(("lora_a", "lora_b", ".m"))}
+    base_before = {
+        k: np.array(v) for k, v in tree_flatten(model.parameters()) if not k.endswith(("lora_a", "lora_b", ".m"))
+    }
     out = tmp_path / "run"
     records = []
-    res = train(_cfg(model_dir, out, iters=3, eval_every=0, save_every=0, lora_dropout=0.0, dora=dora,
-                     quantize=quantize, lr=1e-2), callback=records.append, model=model, tokenizer=tok,
-                train_pairs=data[0], eval_pairs=data[1])
+    res = train(
+        _cfg(
+            model_dir, out, iters=3, eval_every=0, save_every=0, lora_dropout=0.0, dora=dora, quantize=quantize, lr=1e-2
+        ),
+        callback=records.append,
+        model=model,
+        tokenizer=tok,
+        train_pairs=data[0],
+        eval_pairs=data[1],
+    )
     first_eval = next(r for r in records if "eval_loss" in r)
     assert first_eval["step"] == 0 and abs(first_eval["eval_loss"] - LN2) < 1e-5  # adapters start as identity
     assert abs(first_eval["eval_kl/chosen"]) < 1e-5

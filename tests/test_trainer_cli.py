@@ -5,18 +5,44 @@ import json
 import math
 
 import pytest
+from tiny_lm import make_model_dir
 
 from tdpo_mlx.cli import build_parser, main
 from tdpo_mlx.cli.train import config_from_args
 from tdpo_mlx.config import TrainConfig
-from tiny_lm import make_model_dir
 
 ISSUE_OPTIONS = [
-    "--model", "--data", "--loss", "--beta", "--alpha", "--ref-model", "--lora-rank", "--lora-alpha",
-    "--lora-dropout", "--lora-layers", "--lora-keys", "--dora", "--quantize", "--optimizer", "--lr",
-    "--warmup-steps", "--lr-schedule", "--batch-size", "--grad-accum", "--max-grad-norm", "--iters",
-    "--epochs", "--eval-every", "--save-every", "--adapter-path", "--resume", "--seed", "--max-length",
-    "--max-prompt-length", "--truncation-mode", "--config",
+    "--model",
+    "--data",
+    "--loss",
+    "--beta",
+    "--alpha",
+    "--ref-model",
+    "--lora-rank",
+    "--lora-alpha",
+    "--lora-dropout",
+    "--lora-layers",
+    "--lora-keys",
+    "--dora",
+    "--quantize",
+    "--optimizer",
+    "--lr",
+    "--warmup-steps",
+    "--lr-schedule",
+    "--batch-size",
+    "--grad-accum",
+    "--max-grad-norm",
+    "--iters",
+    "--epochs",
+    "--eval-every",
+    "--save-every",
+    "--adapter-path",
+    "--resume",
+    "--seed",
+    "--max-length",
+    "--max-prompt-length",
+    "--truncation-mode",
+    "--config",
 ]
 
 
@@ -34,21 +60,39 @@ def test_help_lists_every_option_with_its_default(capsys):
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in text
     assert flat.count("(default:") >= len(dataclasses.fields(TrainConfig))
-    for snippet in ("(default: 0.1)", "(default: 0.5)", "(default: rmsprop)", "(default: 150)", "(default: 512)",
-                    "(default: 256)", "(default: 10.0)", "(default: tdpo2)", "(default: 5e-05)"):
+    for snippet in (
+        "(default: 0.1)",
+        "(default: 0.5)",
+        "(default: rmsprop)",
+        "(default: 150)",
+        "(default: 512)",
+        "(default: 256)",
+        "(default: 10.0)",
+        "(default: tdpo2)",
+        "(default: 5e-05)",
+    ):
         assert snippet in flat, snippet
 
 
 def test_paper_defaults():
     c = TrainConfig()
     assert (c.beta, c.alpha, c.optimizer, c.warmup_steps, c.max_length, c.max_prompt_length, c.max_grad_norm) == (
-        0.1, 0.5, "rmsprop", 150, 512, 256, 10.0)
+        0.1,
+        0.5,
+        "rmsprop",
+        150,
+        512,
+        256,
+        10.0,
+    )
 
 
 def test_config_file_then_command_line_overrides(tmp_path):
     f = tmp_path / "run.yaml"
-    f.write_text("model: /m\nlora-rank: 16\nlr_schedule: cosine\nbeta: 0.2\nlora_keys: [q_proj, v_proj]\n"
-                 "dora: true\nresume: true\n")
+    f.write_text(
+        "model: /m\nlora-rank: 16\nlr_schedule: cosine\nbeta: 0.2\nlora_keys: [q_proj, v_proj]\n"
+        "dora: true\nresume: true\n"
+    )
     c = config_from_args(_parse(["--config", str(f), "--beta", "0.05", "--no-dora", "--iters", "3"]))
     assert (c.model, c.lora_rank, c.lr_schedule) == ("/m", 16, "cosine")  # from the file
     assert (c.beta, c.dora, c.iters) == (0.05, False, 3)  # command line wins
@@ -75,8 +119,7 @@ def _fallback_loader(monkeypatch):
     if hasattr(data, "load_preference_data"):
         return
 
-    def load(path, *, tokenizer, split="train", max_length=512, max_prompt_length=256, truncation_mode="keep_end",
-             **_):
+    def load(path, *, tokenizer, split="train", max_length=512, max_prompt_length=256, truncation_mode="keep_end", **_):
         pairs = []
         with open(path) as fh:
             for i, line in enumerate(fh):
@@ -99,15 +142,40 @@ def test_train_end_to_end_from_the_command_line(tmp_path, monkeypatch, capsys):
     words = ["the", "cat", "dog", "sat", "ran", "on", "mat", "good", "bad", "yes", "no", "fine", "great"]
     with open(tmp_path / "pairs.jsonl", "w") as fh:
         for _ in range(24):
-            fh.write(json.dumps({"prompt": " ".join(rng.choices(words, k=4)),
-                                 "chosen": " ".join(rng.choices(words, k=3)),
-                                 "rejected": " ".join(rng.choices(words, k=2))}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "prompt": " ".join(rng.choices(words, k=4)),
+                        "chosen": " ".join(rng.choices(words, k=3)),
+                        "rejected": " ".join(rng.choices(words, k=2)),
+                    }
+                )
+                + "\n"
+            )
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"model: {model_dir}\ndata: {tmp_path / 'pairs.jsonl'}\nloss: tdpo1\niters: 50\n"
-                   f"batch-size: 2\nwarmup-steps: 1\nlr: 0.005\neval_fraction: 0.25\nprogress: false\n")
+    cfg.write_text(
+        f"model: {model_dir}\ndata: {tmp_path / 'pairs.jsonl'}\nloss: tdpo1\niters: 50\n"
+        f"batch-size: 2\nwarmup-steps: 1\nlr: 0.005\neval_fraction: 0.25\nprogress: false\n"
+    )
     out = tmp_path / "adapters"
-    rc = main(["train", "--config", str(cfg), "--iters", "3", "--eval-every", "2", "--steps-per-report", "1",
-               "--adapter-path", str(out), "--lora-keys", "q_proj", "v_proj"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(cfg),
+            "--iters",
+            "3",
+            "--eval-every",
+            "2",
+            "--steps-per-report",
+            "1",
+            "--adapter-path",
+            str(out),
+            "--lora-keys",
+            "q_proj",
+            "v_proj",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "done: 3 steps" in text and "step 3/3 | loss" in text
@@ -119,7 +187,22 @@ def test_train_end_to_end_from_the_command_line(tmp_path, monkeypatch, capsys):
     assert cfg_json["tdpo"]["loss"] == "tdpo1" and cfg_json["train_config"]["iters"] == 3
     assert cfg_json["lora_parameters"]["keys"] == ["self_attn.q_proj", "self_attn.v_proj"]
     # resume past the end with more iterations continues at step 4
-    rc = main(["train", "--config", str(cfg), "--iters", "4", "--adapter-path", str(out), "--resume",
-               "--lora-keys", "q_proj", "v_proj", "--steps-per-report", "1"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(cfg),
+            "--iters",
+            "4",
+            "--adapter-path",
+            str(out),
+            "--resume",
+            "--lora-keys",
+            "q_proj",
+            "v_proj",
+            "--steps-per-report",
+            "1",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and "resumed from" in text and "step 4/4" in text

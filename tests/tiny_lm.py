@@ -10,9 +10,38 @@ import json
 from pathlib import Path
 
 WORDS = [
-    "the", "a", "cat", "dog", "sat", "ran", "on", "mat", "is", "good", "bad", "yes", "no", "hello",
-    "world", "what", "why", "how", "i", "you", "like", "do", "not", "ok", "fine", "great", "terrible",
-    "answer", "question", "please", "thanks", "sure",
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "mat",
+    "is",
+    "good",
+    "bad",
+    "yes",
+    "no",
+    "hello",
+    "world",
+    "what",
+    "why",
+    "how",
+    "i",
+    "you",
+    "like",
+    "do",
+    "not",
+    "ok",
+    "fine",
+    "great",
+    "terrible",
+    "answer",
+    "question",
+    "please",
+    "thanks",
+    "sure",
 ]
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
@@ -24,8 +53,9 @@ def make_tokenizer(path: Path):
     vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
     fast.save_pretrained(str(path))
     return fast
 

@@ -12,32 +12,45 @@ import argparse
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     """The data options shared with ``train`` (names = :func:`load_preference_data` keywords)."""
-    p.add_argument("--data", required=True,
-                   help="file (.jsonl/.jsonl.gz/.json/.parquet/.csv), directory with train/valid/test files, "
-                        "or a Hugging Face dataset id")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="file (.jsonl/.jsonl.gz/.json/.parquet/.csv), directory with train/valid/test files, "
+        "or a Hugging Face dataset id",
+    )
     p.add_argument("--split", default="train", help="split of a directory or dataset")
-    p.add_argument("--data-format", default="auto", choices=["auto", "standard", "implicit", "conversational"],
-                   help="record format (auto: message lists -> conversational, a prompt key -> standard, "
-                        "else implicit HH-style whole texts)")
+    p.add_argument(
+        "--data-format",
+        default="auto",
+        choices=["auto", "standard", "implicit", "conversational"],
+        help="record format (auto: message lists -> conversational, a prompt key -> standard, "
+        "else implicit HH-style whole texts)",
+    )
     p.add_argument("--prompt-key", default="prompt")
     p.add_argument("--chosen-key", default="chosen")
     p.add_argument("--rejected-key", default="rejected")
     p.add_argument("--system-key", default="system")
     p.add_argument("--chat-template", default=None, help="Jinja chat template file (overrides the tokenizer's)")
     p.add_argument("--max-length", type=int, default=512, help="tokens per sequence, at most")
-    p.add_argument("--max-prompt-length", type=int, default=256,
-                   help="prompt tokens always kept when a pair must be truncated")
+    p.add_argument(
+        "--max-prompt-length", type=int, default=256, help="prompt tokens always kept when a pair must be truncated"
+    )
     p.add_argument("--truncation-mode", default="keep_end", choices=["keep_end", "keep_start"])
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("data", help="inspect preference data",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser(
+        "data", help="inspect preference data", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
-    q = sub.add_parser("inspect", help="show the first records as the model sees them, then the summary",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--model", required=True,
-                   help="model directory, Hugging Face id or named source (its tokenizer is used)")
+    q = sub.add_parser(
+        "inspect",
+        help="show the first records as the model sees them, then the summary",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    q.add_argument(
+        "--model", required=True, help="model directory, Hugging Face id or named source (its tokenizer is used)"
+    )
     add_data_options(q)
     q.add_argument("-n", "--num-records", type=int, default=3, help="records to show")
     q.add_argument("--show-ids", action="store_true", help="also print the token ids")
@@ -48,7 +61,7 @@ def add_parser(subparsers) -> None:
 def load_tokenizer(model: str):
     """The tokenizer of ``model`` (named sources resolved by the GGUF importer when present)."""
     try:
-        from tdpo_mlx.gguf_import import resolve_model_path
+        from tdpo_mlx.gguf import resolve_model_path
 
         model = resolve_model_path(model)
     except ImportError:
@@ -69,8 +82,10 @@ def load_tokenizer(model: str):
 
 def render_pair(rules, pair) -> str:
     """Text of one pair: prompt, then each response span marked with ``[[ ]]``."""
-    out = [f"record {pair.index}: prompt {len(pair.prompt_ids)} tokens, chosen {len(pair.chosen_ids)} scored, "
-           f"rejected {len(pair.rejected_ids)} scored"]
+    out = [
+        f"record {pair.index}: prompt {len(pair.prompt_ids)} tokens, chosen {len(pair.chosen_ids)} scored, "
+        f"rejected {len(pair.rejected_ids)} scored"
+    ]
     for name, resp in (("chosen", pair.chosen_ids), ("rejected", pair.rejected_ids)):
         out.append(f"--- {name} ---")
         out.append(rules.decode(pair.prompt_ids) + "[[" + rules.decode(resp) + "]]")
@@ -82,15 +97,24 @@ def run(args) -> int:
         print("usage: tdpo-mlx data inspect --data ... --model ...")
         return 2
     from tdpo_mlx.data import load_preference_data
-    from tdpo_mlx.data_encode import TokenRules
+    from tdpo_mlx.data.encode import TokenRules
 
     tokenizer = load_tokenizer(args.model)
     pairs, summary = load_preference_data(
-        args.data, tokenizer=tokenizer, split=args.split, max_length=args.max_length,
-        max_prompt_length=args.max_prompt_length, truncation_mode=args.truncation_mode,
-        prompt_key=args.prompt_key, chosen_key=args.chosen_key, rejected_key=args.rejected_key,
-        system_key=args.system_key, data_format=args.data_format, chat_template=args.chat_template,
-        strict=args.strict)
+        args.data,
+        tokenizer=tokenizer,
+        split=args.split,
+        max_length=args.max_length,
+        max_prompt_length=args.max_prompt_length,
+        truncation_mode=args.truncation_mode,
+        prompt_key=args.prompt_key,
+        chosen_key=args.chosen_key,
+        rejected_key=args.rejected_key,
+        system_key=args.system_key,
+        data_format=args.data_format,
+        chat_template=args.chat_template,
+        strict=args.strict,
+    )
     rules = TokenRules(tokenizer, chat_template=args.chat_template)
     print("scored tokens are shown between [[ and ]]; everything before them is the shared prompt\n")
     for pair in pairs[: max(args.num_records, 0)]:

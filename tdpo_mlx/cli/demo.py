@@ -22,8 +22,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="base model (default: gemma3-270m)")
     p.add_argument("--iters", type=int, default=None, help="training steps per method (preset's by default)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (preset's by default)")
-    p.add_argument("--methods", nargs="+", default=None, choices=("dpo", "tdpo1", "tdpo2"),
-                   help="methods to train (default: all three)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=("dpo", "tdpo1", "tdpo2"),
+        help="methods to train (default: all three)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed (preset's by default: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -34,8 +39,9 @@ def run(args) -> int:
     from ..demo import FULL, QUICK, run_demo
 
     cfg = QUICK if args.quick else FULL
-    over = {k: v for k, v in dict(model=args.model, iters=args.iters, lr=args.lr, seed=args.seed).items()
-            if v is not None}
+    over = {
+        k: v for k, v in dict(model=args.model, iters=args.iters, lr=args.lr, seed=args.seed).items() if v is not None
+    }
     if args.methods:
         over["methods"] = tuple(args.methods)
     cfg = dataclasses.replace(cfg, **over)

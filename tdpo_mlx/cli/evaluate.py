@@ -34,7 +34,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..evaluate import (
-        KL_DIRECTION, evaluate_policy, load_model, markdown_table, read_prompts, write_jsonl_atomic,
+        KL_DIRECTION,
+        evaluate_policy,
+        load_model,
+        markdown_table,
+        read_prompts,
+        write_jsonl_atomic,
         write_text_atomic,
     )
     from ..rewards import load_reward
@@ -44,26 +49,63 @@ def run(args) -> int:
     model, tokenizer = load_model(args.model, args.adapter_path)
     name = pathlib.Path(args.adapter_path).name if args.adapter_path else "policy"
     res = evaluate_policy(
-        model, tokenizer, prompts, reward_fn, name=name, samples_per_prompt=args.samples_per_prompt,
-        max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, seed=args.seed,
-        batch_size=args.batch_size, score_batch_size=args.score_batch_size, progress=sys.stderr.isatty(),
+        model,
+        tokenizer,
+        prompts,
+        reward_fn,
+        name=name,
+        samples_per_prompt=args.samples_per_prompt,
+        max_tokens=args.max_tokens,
+        temp=args.temp,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        score_batch_size=args.score_batch_size,
+        progress=sys.stderr.isatty(),
     )
     out = pathlib.Path(args.out)
     rows = [res.reference, res.policy]
-    settings = {k: getattr(args, k) for k in ("model", "adapter_path", "prompts", "reward", "samples_per_prompt",
-                                              "max_tokens", "temp", "top_p", "seed")}
-    write_text_atomic(out / "eval.json", json.dumps(
-        {"kl_direction": KL_DIRECTION, "settings": settings, "n_prompts": len(prompts), "rows": rows}, indent=2))
+    settings = {
+        k: getattr(args, k)
+        for k in (
+            "model",
+            "adapter_path",
+            "prompts",
+            "reward",
+            "samples_per_prompt",
+            "max_tokens",
+            "temp",
+            "top_p",
+            "seed",
+        )
+    }
+    write_text_atomic(
+        out / "eval.json",
+        json.dumps(
+            {"kl_direction": KL_DIRECTION, "settings": settings, "n_prompts": len(prompts), "rows": rows}, indent=2
+        ),
+    )
     table = markdown_table(rows)
-    write_text_atomic(out / "eval.md", (
-        f"# Evaluation\n\nmodel `{args.model}`, adapters `{args.adapter_path}`, reward `{args.reward}`, "
-        f"{len(prompts)} prompts x {args.samples_per_prompt} samples, up to {args.max_tokens} new tokens, "
-        f"temperature {args.temp}.\n\n{table}\n\nSequence KL: {KL_DIRECTION}. Entropy: the policy's "
-        "mean per-token predictive entropy over generated tokens. Win rate: policy sample vs reference "
-        "sample for the same prompt and slot under the reward, ties count 1/2.\n"))
-    write_jsonl_atomic(out / "samples.jsonl", (
-        [dict(model="reference", reward=r, **s.to_json()) for s, r in zip(res.reference_samples, res.reference_rewards)]
-        + [dict(model=name, reward=r, **s.to_json()) for s, r in zip(res.policy_samples, res.policy_rewards)]))
+    write_text_atomic(
+        out / "eval.md",
+        (
+            f"# Evaluation\n\nmodel `{args.model}`, adapters `{args.adapter_path}`, reward `{args.reward}`, "
+            f"{len(prompts)} prompts x {args.samples_per_prompt} samples, up to {args.max_tokens} new tokens, "
+            f"temperature {args.temp}.\n\n{table}\n\nSequence KL: {KL_DIRECTION}. Entropy: the policy's "
+            "mean per-token predictive entropy over generated tokens. Win rate: policy sample vs reference "
+            "sample for the same prompt and slot under the reward, ties count 1/2.\n"
+        ),
+    )
+    write_jsonl_atomic(
+        out / "samples.jsonl",
+        (
+            [
+                dict(model="reference", reward=r, **s.to_json())
+                for s, r in zip(res.reference_samples, res.reference_rewards)
+            ]
+            + [dict(model=name, reward=r, **s.to_json()) for s, r in zip(res.policy_samples, res.policy_rewards)]
+        ),
+    )
     print(table)
     print(f"\nsequence KL direction: {KL_DIRECTION}")
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'samples.jsonl'}")

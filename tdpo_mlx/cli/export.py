@@ -27,7 +27,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="dtype of the saved weights (default: the base's; PEFT: the adapter's)",
     )
-    p.add_argument("--quantize", type=int, choices=[4, 8], default=None, help="re-quantize a --to mlx export (without it the fused model is saved dequantized in --dtype)")
+    p.add_argument(
+        "--quantize",
+        type=int,
+        choices=[4, 8],
+        default=None,
+        help="re-quantize a --to mlx export (without it the fused model is saved dequantized in --dtype)",
+    )
     p.add_argument("--q-group-size", type=int, default=64, help="group size for --quantize")
     p.add_argument(
         "--base-model-name",
@@ -47,7 +53,7 @@ def run(args) -> int:
 
     import tdpo_mlx  # noqa: F401  (fast BLAS before mlx.core)
     from tdpo_mlx.export import export
-    from tdpo_mlx.hf_names import UnsupportedExportError
+    from tdpo_mlx.export.names import UnsupportedExportError
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # collected in result.warnings and printed below
@@ -72,7 +78,9 @@ def run(args) -> int:
     for w in result.warnings[:10]:
         print(f"warning: {w}", file=sys.stderr)
     if len(result.warnings) > 10:
-        print(f"warning: ... and {len(result.warnings) - 10} more (all listed in {result.out}/README.md)", file=sys.stderr)
+        print(
+            f"warning: ... and {len(result.warnings) - 10} more (all listed in {result.out}/README.md)", file=sys.stderr
+        )
     print(f"wrote {result.to} export to {result.out}" + (f" ({result.dtype})" if result.dtype else ""))
     print(f"  adapted modules: {len(result.adapted_modules)}; files: {', '.join(result.files)}")
     if result.hub_url:

@@ -42,15 +42,36 @@ def run(args) -> int:
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompt_file)
     model, tokenizer = load_model(args.model, args.adapter_path)
     samples = generate_samples(
-        model, tokenizer, prompts, samples_per_prompt=args.num_samples, max_tokens=args.max_tokens,
-        temp=args.temp, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+        model,
+        tokenizer,
+        prompts,
+        samples_per_prompt=args.num_samples,
+        max_tokens=args.max_tokens,
+        temp=args.temp,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
         progress=sys.stderr.isatty(),
     )
     for s in samples:
         if args.json:
-            print(json.dumps({"prompt": s.prompt, "completion": s.completion, "sample": s.sample_index,
-                              "tokens": len(s.completion_ids), "finished": s.finished}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {
+                        "prompt": s.prompt,
+                        "completion": s.completion,
+                        "sample": s.sample_index,
+                        "tokens": len(s.completion_ids),
+                        "finished": s.finished,
+                    },
+                    ensure_ascii=False,
+                )
+            )
         else:
             tag = f"[{s.prompt_index}.{s.sample_index}] " if len(samples) > 1 else ""
-            print(f"{tag}{s.prompt}\033[1m{s.completion}\033[0m" if sys.stdout.isatty() else f"{tag}{s.prompt}{s.completion}")
+            print(
+                f"{tag}{s.prompt}\033[1m{s.completion}\033[0m"
+                if sys.stdout.isatty()
+                else f"{tag}{s.prompt}{s.completion}"
+            )
     return 0

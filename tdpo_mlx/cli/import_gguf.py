@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..gguf_import import NAMED_SOURCES, SUPPORTED_ARCHITECTURES
+    from ..gguf import NAMED_SOURCES, SUPPORTED_ARCHITECTURES
 
     p = subparsers.add_parser(
         "import-gguf",
@@ -23,10 +23,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("source", metavar="SOURCE", help="path to a .gguf file, or a named source such as gemma3-270m")
     p.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the stored weights (float32 is fastest on CPU; bfloat16 halves the size)")
-    p.add_argument("--quantize", type=int, choices=[4, 8], default=None,
-                   help="quantize linear/embedding weights to this many bits with mlx-lm (affine, per group)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the stored weights (float32 is fastest on CPU; bfloat16 halves the size)",
+    )
+    p.add_argument(
+        "--quantize",
+        type=int,
+        choices=[4, 8],
+        default=None,
+        help="quantize linear/embedding weights to this many bits with mlx-lm (affine, per group)",
+    )
     p.add_argument("--group-size", type=int, default=64, help="quantization group size (with --quantize)")
     p.add_argument("--force", action="store_true", help="replace --out if it already exists")
     p.set_defaults(func=run)
@@ -40,12 +49,18 @@ def _dir_size(path: Path) -> int:
 def run(args: argparse.Namespace) -> int:
     import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
 
-    from ..gguf_import import GGUFImportError, import_gguf
+    from ..gguf import GGUFImportError, import_gguf
 
     t0 = time.perf_counter()
     try:
-        out = import_gguf(args.source, args.out, dtype=args.dtype, quantize=args.quantize,
-                          group_size=args.group_size, overwrite=args.force)
+        out = import_gguf(
+            args.source,
+            args.out,
+            dtype=args.dtype,
+            quantize=args.quantize,
+            group_size=args.group_size,
+            overwrite=args.force,
+        )
     except (FileNotFoundError, FileExistsError, GGUFImportError, ValueError) as e:
         print(f"import-gguf: error: {e}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # Re-exported for the exporters: the shared atomic writers.
-from .atomic import atomic_directory, copy_file, save_safetensors, write_bytes, write_json, write_text  # noqa: F401
+from ..atomic import atomic_directory, copy_file, save_safetensors, write_bytes, write_json, write_text  # noqa: F401
 
 # Tokenizer and chat-template files copied next to exported weights when present.
 TOKENIZER_FILES = (

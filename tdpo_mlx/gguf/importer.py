@@ -40,13 +40,14 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_directory, save_safetensors, write_json
+from ..atomic import atomic_directory, save_safetensors, write_json
 
 SUPPORTED_ARCHITECTURES = ("gemma3", "llama", "qwen2")
 
@@ -94,7 +95,9 @@ class GGUFContents:
     def require(self, key: str) -> Any:
         full = f"{self.architecture}.{key}"
         if full not in self.metadata:
-            raise GGUFImportError(f"{self.path}: metadata key {full!r} is missing; the file is incomplete or not a model")
+            raise GGUFImportError(
+                f"{self.path}: metadata key {full!r} is missing; the file is incomplete or not a model"
+            )
         return self.metadata[full]
 
     def tensor(self, name: str) -> np.ndarray:
@@ -258,7 +261,11 @@ def _common_config(g: GGUFContents) -> dict[str, Any]:
         "rope_theta": float(g.arch_value("rope.freq_base", 10000.0)),
     }
     md = g.metadata
-    for key, hf in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("padding_token_id", "pad_token_id")):
+    for key, hf in (
+        ("bos_token_id", "bos_token_id"),
+        ("eos_token_id", "eos_token_id"),
+        ("padding_token_id", "pad_token_id"),
+    ):
         if f"tokenizer.ggml.{key}" in md:
             cfg[hf] = int(md[f"tokenizer.ggml.{key}"])
     return cfg
@@ -323,7 +330,9 @@ def _sliding_window_pattern(g: GGUFContents, n_layers: int) -> int:
     if isinstance(value, list):
         flags = [bool(v) for v in value]
         if all(flags) or not flags:
-            raise GGUFImportError(f"{g.path}: no global-attention layer in sliding_window_pattern; not a Gemma 3 layout")
+            raise GGUFImportError(
+                f"{g.path}: no global-attention layer in sliding_window_pattern; not a Gemma 3 layout"
+            )
         pattern = flags.index(False) + 1
         if flags != [(i + 1) % pattern != 0 for i in range(len(flags))]:
             raise GGUFImportError(
@@ -357,7 +366,9 @@ def _llama_config(g: GGUFContents) -> dict[str, Any]:
     return cfg
 
 
-def _llama3_inv_freq_factors(head_dim: int, base: float, factor: float, low: float, high: float, orig: int) -> np.ndarray:
+def _llama3_inv_freq_factors(
+    head_dim: int, base: float, factor: float, low: float, high: float, orig: int
+) -> np.ndarray:
     """Per-frequency divisors llama.cpp stores in ``rope_freqs.weight`` for Llama 3.x rope scaling
     (convert_hf_to_gguf.py, LlamaModel.generate_extra_tensors)."""
     freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
@@ -493,9 +504,7 @@ def _generate_merges(tokens: list[str], rank: dict[str, float], vocab: dict[str,
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+_LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _PRE_TOKENIZER_SPLITS = {
     "qwen2": _QWEN2_SPLIT,
@@ -637,11 +646,14 @@ def build_tokenizer(g: GGUFContents):
         suffix.append(eos)
         specials[eos] = int(md["tokenizer.ggml.eos_token_id"])
     if specials:
+
         def seq(piece: str, type_id: int) -> list[str]:
             return [f"{t}:{type_id}" for t in prefix] + [f"{piece}:{type_id}"] + [f"{t}:{type_id}" for t in suffix]
 
         tk.post_processor = processors.TemplateProcessing(
-            single=" ".join(seq("$A", 0)), pair=" ".join(seq("$A", 0) + seq("$B", 1)), special_tokens=list(specials.items())
+            single=" ".join(seq("$A", 0)),
+            pair=" ".join(seq("$A", 0) + seq("$B", 1)),
+            special_tokens=list(specials.items()),
         )
     elif kind == "gpt2":
         tk.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -794,9 +806,7 @@ def _source_file(source: str | os.PathLike) -> Iterator[Path]:
         return
     p = Path(s).expanduser()
     if not p.exists():
-        raise FileNotFoundError(
-            f"GGUF source {s!r} is neither a file nor a named source ({', '.join(NAMED_SOURCES)})"
-        )
+        raise FileNotFoundError(f"GGUF source {s!r} is neither a file nor a named source ({', '.join(NAMED_SOURCES)})")
     yield p
 
 

@@ -1,7 +1,7 @@
 """Write a fused (adapter-free, dequantized) model in Hugging Face transformers layout, or as an
 mlx-lm model directory (optionally re-quantized).
 
-One job: given a model whose adapters were already fused (:mod:`tdpo_mlx.export_fuse`), write
+One job: given a model whose adapters were already fused (:mod:`tdpo_mlx.export.fuse`), write
 its weights, ``config.json``, ``generation_config.json`` and tokenizer files. Torch-free:
 safetensors are written by MLX with ``format: pt`` metadata (HF) or ``format: mlx`` (MLX).
 """
@@ -16,9 +16,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from . import export_io
-from .export_fuse import dtype_name
-from .hf_names import check_supported, hf_name
+from . import files as export_files
+from .fuse import dtype_name
+from .names import check_supported, hf_name
 
 QUANT_KEYS = ("quantization", "quantization_config")
 
@@ -78,11 +78,11 @@ def write_hf(
     """Write the fused ``model`` (already cast to ``dtype``) into ``out`` in HF layout."""
     weights = hf_weights(model, model_type)
     tied = "lm_head.weight" not in weights
-    files = export_io.save_sharded(out, weights, max_shard_bytes, {"format": "pt"})
-    export_io.write_json(out / "config.json", hf_config(raw_config, model_type, dtype, tied))
-    export_io.write_json(out / "generation_config.json", generation_config(model_dir, raw_config))
+    files = export_files.save_sharded(out, weights, max_shard_bytes, {"format": "pt"})
+    export_files.write_json(out / "config.json", hf_config(raw_config, model_type, dtype, tied))
+    export_files.write_json(out / "generation_config.json", generation_config(model_dir, raw_config))
     files += ["config.json", "generation_config.json"]
-    files += export_io.copy_tokenizer_files(model_dir, out)
+    files += export_files.copy_tokenizer_files(model_dir, out)
     return files
 
 
@@ -102,7 +102,7 @@ def write_mlx(
             (written to ``config.json`` as mlx-lm expects), else None (float weights in ``dtype``).
     """
     weights = dict(tree_flatten(model.parameters()))
-    files = export_io.save_sharded(out, weights, max_shard_bytes, {"format": "mlx"})
+    files = export_files.save_sharded(out, weights, max_shard_bytes, {"format": "mlx"})
     cfg = copy.deepcopy(raw_config)
     for k in QUANT_KEYS:
         cfg.pop(k, None)
@@ -112,10 +112,10 @@ def write_mlx(
     cfg["torch_dtype"] = dtype_name(dtype)
     if "lm_head.weight" not in weights and "tie_word_embeddings" in cfg:
         cfg["tie_word_embeddings"] = True
-    export_io.write_json(out / "config.json", cfg)
+    export_files.write_json(out / "config.json", cfg)
     files.append("config.json")
     if (model_dir / "generation_config.json").is_file():
-        export_io.copy_file(model_dir / "generation_config.json", out / "generation_config.json")
+        export_files.copy_file(model_dir / "generation_config.json", out / "generation_config.json")
         files.append("generation_config.json")
-    files += export_io.copy_tokenizer_files(model_dir, out)
+    files += export_files.copy_tokenizer_files(model_dir, out)
     return files

@@ -31,13 +31,12 @@ import math
 import os
 import pathlib
 import platform
-import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from .evaluate import (
+from ..evaluate import (
     KL_DIRECTION,
     Sample,
     markdown_table,
@@ -47,7 +46,7 @@ from .evaluate import (
 )
 
 METHODS = ("dpo", "tdpo1", "tdpo2")
-OPENERS = pathlib.Path(__file__).parent / "resources" / "imdb_openers.txt"
+OPENERS = pathlib.Path(__file__).parents[1] / "resources" / "imdb_openers.txt"
 
 
 @dataclasses.dataclass
@@ -92,9 +91,20 @@ class DemoConfig:
 
 
 QUICK = DemoConfig(
-    n_train_prompts=40, n_eval_prompts=16, samples_per_prompt=4, gen_max_tokens=20, gen_batch_size=160,
-    iters=14, batch_size=4, lr=1.5e-4, warmup_steps=2, save_every=0, steps_per_report=1,
-    eval_samples_per_prompt=3, eval_max_tokens=20, eval_checkpoints=False,
+    n_train_prompts=40,
+    n_eval_prompts=16,
+    samples_per_prompt=4,
+    gen_max_tokens=20,
+    gen_batch_size=160,
+    iters=14,
+    batch_size=4,
+    lr=1.5e-4,
+    warmup_steps=2,
+    save_every=0,
+    steps_per_report=1,
+    eval_samples_per_prompt=3,
+    eval_max_tokens=20,
+    eval_checkpoints=False,
 )
 FULL = DemoConfig()
 
@@ -153,13 +163,22 @@ def build_pairs(samples: Sequence[Sample], rewards: Sequence[float], min_gap: fl
         if c.completion_ids == j.completion_ids:
             skipped_same += 1
             continue
-        pairs.append(dict(
-            prompt=c.prompt, chosen=c.completion, rejected=j.completion,
-            chosen_reward=float(rewards[best]), rejected_reward=float(rewards[worst]),
-            prompt_ids=list(c.prompt_ids), chosen_ids=list(c.completion_ids), rejected_ids=list(j.completion_ids),
-        ))
+        pairs.append(
+            dict(
+                prompt=c.prompt,
+                chosen=c.completion,
+                rejected=j.completion,
+                chosen_reward=float(rewards[best]),
+                rejected_reward=float(rewards[worst]),
+                prompt_ids=list(c.prompt_ids),
+                chosen_ids=list(c.completion_ids),
+                rejected_ids=list(j.completion_ids),
+            )
+        )
     summary = {
-        "prompts": len(groups), "pairs": len(pairs), "skipped_near_tie": skipped_gap,
+        "prompts": len(groups),
+        "pairs": len(pairs),
+        "skipped_near_tie": skipped_gap,
         "skipped_identical": skipped_same,
         "chosen_reward_mean": float(np.mean([x["chosen_reward"] for x in pairs])) if pairs else math.nan,
         "rejected_reward_mean": float(np.mean([x["rejected_reward"] for x in pairs])) if pairs else math.nan,
@@ -213,7 +232,7 @@ def _say(msg: str) -> None:
 
 def _load_eval_model(model_dir: str, cfg: DemoConfig):
     """Base model with (zero-initialized, to be overwritten) LoRA wrappers matching training."""
-    from .models import load_policy
+    from ..models import load_policy
 
     model, tok = load_policy(model_dir, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha)
     model.eval()
@@ -221,15 +240,15 @@ def _load_eval_model(model_dir: str, cfg: DemoConfig):
 
 
 def _load_adapter_weights(model, adapter_file) -> None:
-    from .evaluate import load_adapter_weights
+    from ..evaluate import load_adapter_weights
 
     load_adapter_weights(model, adapter_file)
 
 
 def stage_samples(out: pathlib.Path, cfg: DemoConfig, model, tok, train_prompts, reward_fn, progress: bool):
     """K reference completions per train prompt, scored; chunk files make it resumable."""
-    from .evaluate import generate_samples
-    from .models import adapters_disabled
+    from ..evaluate import generate_samples
+    from ..models import adapters_disabled
 
     final = out / "samples.jsonl"
     if final.exists():
@@ -245,9 +264,17 @@ def stage_samples(out: pathlib.Path, cfg: DemoConfig, model, tok, train_prompts,
         ps = train_prompts[c0 : c0 + chunk]
         with adapters_disabled(model):
             samples = generate_samples(
-                model, tok, ps, samples_per_prompt=cfg.samples_per_prompt, max_tokens=cfg.gen_max_tokens,
-                temp=cfg.temp, top_p=cfg.top_p, seed=cfg.seed * 7919 + c0, batch_size=cfg.gen_batch_size,
-                progress=progress, desc=f"sample reference {c0 + len(ps)}/{len(train_prompts)} prompts",
+                model,
+                tok,
+                ps,
+                samples_per_prompt=cfg.samples_per_prompt,
+                max_tokens=cfg.gen_max_tokens,
+                temp=cfg.temp,
+                top_p=cfg.top_p,
+                seed=cfg.seed * 7919 + c0,
+                batch_size=cfg.gen_batch_size,
+                progress=progress,
+                desc=f"sample reference {c0 + len(ps)}/{len(train_prompts)} prompts",
             )
         rewards = reward_fn([s.prompt for s in samples], [s.completion for s in samples])
         part = []
@@ -263,8 +290,8 @@ def stage_samples(out: pathlib.Path, cfg: DemoConfig, model, tok, train_prompts,
 
 def stage_train(out: pathlib.Path, cfg: DemoConfig, model_dir: str, method: str, pairs: list[dict]) -> dict:
     """Train one method's adapters (resuming from its latest checkpoint); returns train()'s result."""
-    from .data import EncodedPair
-    from .trainer import TrainConfig, train
+    from ..data import EncodedPair
+    from ..trainer import TrainConfig, train
 
     adir = out / "adapters" / method
     done = adir / "done.json"
@@ -273,11 +300,26 @@ def stage_train(out: pathlib.Path, cfg: DemoConfig, model_dir: str, method: str,
     encoded = [EncodedPair(p["prompt_ids"], p["chosen_ids"], p["rejected_ids"], index=i) for i, p in enumerate(pairs)]
     resume = "latest" if (adir / "checkpoints" / "latest.json").exists() else None
     tc = TrainConfig(
-        model=model_dir, data=str(out / "pairs.jsonl"), loss=method, beta=cfg.beta, alpha=cfg.alpha,
-        lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-        iters=cfg.iters, batch_size=cfg.batch_size, eval_every=0, save_every=cfg.save_every,
-        keep_checkpoints=0, steps_per_report=cfg.steps_per_report, adapter_path=str(adir), resume=resume,
-        seed=cfg.seed, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+        model=model_dir,
+        data=str(out / "pairs.jsonl"),
+        loss=method,
+        beta=cfg.beta,
+        alpha=cfg.alpha,
+        lora_rank=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        iters=cfg.iters,
+        batch_size=cfg.batch_size,
+        eval_every=0,
+        save_every=cfg.save_every,
+        keep_checkpoints=0,
+        steps_per_report=cfg.steps_per_report,
+        adapter_path=str(adir),
+        resume=resume,
+        seed=cfg.seed,
+        max_length=cfg.max_length,
+        max_prompt_length=cfg.max_prompt_length,
     )
     result = train(tc, train_pairs=encoded, eval_pairs=[])
     if result.get("interrupted"):
@@ -305,12 +347,18 @@ def stage_eval(out: pathlib.Path, cfg: DemoConfig, get_model, eval_prompts, rewa
     """Evaluate the reference once, then every adapter point; one JSON file per point.
 
     ``get_model()`` returns the (model, tokenizer) to evaluate with, loaded on first need."""
-    from .evaluate import evaluate_policy, sample_statistics, generate_samples, _pad_id
-    from .models import adapter_modules, adapters_disabled
+    from ..evaluate import _pad_id, evaluate_policy, generate_samples, sample_statistics
+    from ..models import adapter_modules, adapters_disabled
 
     edir = out / "eval"
-    kw = dict(samples_per_prompt=cfg.eval_samples_per_prompt, max_tokens=cfg.eval_max_tokens, temp=cfg.temp,
-              top_p=cfg.top_p, seed=cfg.seed + 12345, batch_size=cfg.gen_batch_size)
+    kw = dict(
+        samples_per_prompt=cfg.eval_samples_per_prompt,
+        max_tokens=cfg.eval_max_tokens,
+        temp=cfg.temp,
+        top_p=cfg.top_p,
+        seed=cfg.seed + 12345,
+        batch_size=cfg.gen_batch_size,
+    )
     ref_file = edir / "reference.json"
     if ref_file.exists():
         d = _read_json(ref_file)
@@ -320,8 +368,15 @@ def stage_eval(out: pathlib.Path, cfg: DemoConfig, get_model, eval_prompts, rewa
         model, tok = get_model()
         with adapters_disabled(model):
             samples = generate_samples(model, tok, eval_prompts, progress=progress, desc="sample reference", **kw)
-            stats = sample_statistics(model, samples, compute_kl=False, batch_size=cfg.score_batch_size,
-                                      pad_id=_pad_id(tok), progress=progress, desc="score reference")
+            stats = sample_statistics(
+                model,
+                samples,
+                compute_kl=False,
+                batch_size=cfg.score_batch_size,
+                pad_id=_pad_id(tok),
+                progress=progress,
+                desc="score reference",
+            )
         rewards = reward_fn([s.prompt for s in samples], [s.completion for s in samples])
         row = summarize("reference", samples, rewards, stats, rewards)
         row["step"] = 0
@@ -339,11 +394,21 @@ def stage_eval(out: pathlib.Path, cfg: DemoConfig, get_model, eval_prompts, rewa
             if not adapter_modules(model):
                 raise RuntimeError("the evaluation model has no adapters to load weights into")
             _load_adapter_weights(model, afile)
-            res = evaluate_policy(model, tok, eval_prompts, reward_fn, name=name, reference=ref,
-                                  score_batch_size=cfg.score_batch_size, progress=progress, **kw)
+            res = evaluate_policy(
+                model,
+                tok,
+                eval_prompts,
+                reward_fn,
+                name=name,
+                reference=ref,
+                score_batch_size=cfg.score_batch_size,
+                progress=progress,
+                **kw,
+            )
             row = dict(res.policy, method=method, step=step)
-            _write_json(f, {"row": row, "rewards": res.policy_rewards,
-                            "samples": [s.to_json() for s in res.policy_samples]})
+            _write_json(
+                f, {"row": row, "rewards": res.policy_rewards, "samples": [s.to_json() for s in res.policy_samples]}
+            )
             rows[name] = row
     return rows
 
@@ -384,11 +449,17 @@ def plot_reward_vs_kl(rows: dict, path, methods: Sequence[str] = METHODS) -> Non
         if ref is not None:
             xs, ys = [0.0] + xs, [ref["reward_mean"]] + ys
         ax.plot(xs, ys, "-", color=COLORS.get(m), alpha=0.5)
-        ax.scatter(xs[-len(pts):], ys[-len(pts):], color=COLORS.get(m), label=LABELS.get(m, m), zorder=3)
+        ax.scatter(xs[-len(pts) :], ys[-len(pts) :], color=COLORS.get(m), label=LABELS.get(m, m), zorder=3)
         for r in pts:
             if r["step"]:
-                ax.annotate(str(r["step"]), (r["seq_kl_mean"], r["reward_mean"]), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3), color=COLORS.get(m))
+                ax.annotate(
+                    str(r["step"]),
+                    (r["seq_kl_mean"], r["reward_mean"]),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                    color=COLORS.get(m),
+                )
     if ref is not None:
         ax.scatter([0.0], [ref["reward_mean"]], marker="*", s=120, color="black", label="reference", zorder=4)
     ax.set_xlabel("sequence KL(π_θ ‖ π_ref) on policy samples (nats)")
@@ -419,8 +490,11 @@ def plot_kl_curves(metrics: dict, path, methods: Sequence[str] = METHODS, smooth
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [("kl/chosen", "chosen (preferred)"), ("kl/rejected", "rejected (dispreferred)"),
-            ("kl/margin", "margin = rejected - chosen")]
+    keys = [
+        ("kl/chosen", "chosen (preferred)"),
+        ("kl/rejected", "rejected (dispreferred)"),
+        ("kl/margin", "margin = rejected - chosen"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
     for ax, (k, title) in zip(axes, keys):
         for m in methods:
@@ -469,8 +543,9 @@ def machine_line() -> str:
     return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPU cores visible, MLX device {dev}"
 
 
-def write_report(out, cfg: DemoConfig, rows: dict, metrics: dict, pair_summary: dict, timings: dict,
-                 examples: dict | None = None) -> pathlib.Path:
+def write_report(
+    out, cfg: DemoConfig, rows: dict, metrics: dict, pair_summary: dict, timings: dict, examples: dict | None = None
+) -> pathlib.Path:
     """Write ``report.md``, ``reward_vs_kl.png``, ``kl_curves.png`` and ``results.json`` into ``out``."""
     out = pathlib.Path(out)
     plot_reward_vs_kl(rows, out / "reward_vs_kl.png", cfg.methods)
@@ -500,11 +575,15 @@ def write_report(out, cfg: DemoConfig, rows: dict, metrics: dict, pair_summary: 
     for m in cfg.methods:
         if m in rows:
             d = rows[m]["reward_mean"] - ref_r
-            verdict.append(f"{m}: reward {rows[m]['reward_mean']:+.3f} vs reference {ref_r:+.3f} "
-                           f"({'higher' if d > 0 else 'not higher'}, {d:+.3f}) at KL {rows[m]['seq_kl_mean']:.2f}")
+            verdict.append(
+                f"{m}: reward {rows[m]['reward_mean']:+.3f} vs reference {ref_r:+.3f} "
+                f"({'higher' if d > 0 else 'not higher'}, {d:+.3f}) at KL {rows[m]['seq_kl_mean']:.2f}"
+            )
     lines += ["Trained adapters against the reference's reward: " + "; ".join(verdict) + ".", ""]
-    ck = sorted([r for r in rows.values() if r.get("method") and r["name"] != r["method"]],
-                key=lambda r: (cfg.methods.index(r["method"]) if r["method"] in cfg.methods else 9, r["step"]))
+    ck = sorted(
+        [r for r in rows.values() if r.get("method") and r["name"] != r["method"]],
+        key=lambda r: (cfg.methods.index(r["method"]) if r["method"] in cfg.methods else 9, r["step"]),
+    )
     if ck:
         lines += ["### Intermediate checkpoints", "", markdown_table(ck), ""]
     lines += [
@@ -562,8 +641,16 @@ def write_report(out, cfg: DemoConfig, rows: dict, metrics: dict, pair_summary: 
             lines.append(f"- **{name}** ({r:+.2f}): {prompt}**{_md_escape(text)}**")
         lines.append("")
     write_text_atomic(out / "report.md", "\n".join(lines))
-    _write_json(out / "results.json", {"config": cfg.to_dict(), "rows": rows, "pairs": pair_summary,
-                                       "timings": timings, "kl_direction": KL_DIRECTION})
+    _write_json(
+        out / "results.json",
+        {
+            "config": cfg.to_dict(),
+            "rows": rows,
+            "pairs": pair_summary,
+            "timings": timings,
+            "kl_direction": KL_DIRECTION,
+        },
+    )
     return out / "report.md"
 
 
@@ -584,7 +671,7 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     Raises:
         ValueError: ``out`` holds a run whose data settings differ (use a new folder).
     """
-    from .rewards import load_reward
+    from ..rewards import load_reward
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -606,7 +693,7 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     # 1. model
     clock.start()
     _say(f"[1/{n_stages}] model: resolving {cfg.model}")
-    from .gguf_import import resolve_model_path
+    from ..gguf import resolve_model_path
 
     model_dir = str(resolve_model_path(cfg.model))
     _say(f"  {model_dir}")
@@ -627,8 +714,10 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     # 2. samples from the reference
     clock.start()
     done = (out / "samples.jsonl").exists()
-    _say(f"[2/{n_stages}] samples: {cfg.samples_per_prompt} x {len(prompts['train'])} prompts from the reference"
-         + (" (done)" if done else ""))
+    _say(
+        f"[2/{n_stages}] samples: {cfg.samples_per_prompt} x {len(prompts['train'])} prompts from the reference"
+        + (" (done)" if done else "")
+    )
     m_, t_ = (model, tok) if done else eval_model()
     samples, rewards = stage_samples(out, cfg, m_, t_, prompts["train"], reward_fn, progress)
     if not done:
@@ -639,8 +728,10 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     if not (out / "pairs.jsonl").exists():
         write_jsonl_atomic(out / "pairs.jsonl", pairs)
         _write_json(out / "pairs_summary.json", summary)
-    _say(f"[3/{n_stages}] pairs: {summary['pairs']} from {summary['prompts']} prompts "
-         f"(chosen {summary['chosen_reward_mean']:+.3f}, rejected {summary['rejected_reward_mean']:+.3f})")
+    _say(
+        f"[3/{n_stages}] pairs: {summary['pairs']} from {summary['prompts']} prompts "
+        f"(chosen {summary['chosen_reward_mean']:+.3f}, rejected {summary['rejected_reward_mean']:+.3f})"
+    )
     if not pairs:
         raise RuntimeError("no preference pairs: every prompt's samples were near-ties; lower min_reward_gap")
 
@@ -648,8 +739,10 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     for i, m in enumerate(cfg.methods):
         clock.start()
         done = (out / "adapters" / m / "done.json").exists()
-        _say(f"[4/{n_stages}] train {m} ({i + 1}/{len(cfg.methods)}): {cfg.iters} steps x {cfg.batch_size} pairs"
-             + (" (done)" if done else ""))
+        _say(
+            f"[4/{n_stages}] train {m} ({i + 1}/{len(cfg.methods)}): {cfg.iters} steps x {cfg.batch_size} pairs"
+            + (" (done)" if done else "")
+        )
         stage_train(out, cfg, model_dir, m, pairs)
         if not done:
             clock.stop(f"train {m}")

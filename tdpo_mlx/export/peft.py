@@ -24,9 +24,9 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import export_io
-from .export_fuse import is_adapter
-from .hf_names import UnsupportedExportError, hf_name, layer_index
+from . import files as export_files
+from .fuse import is_adapter
+from .names import UnsupportedExportError, hf_name, layer_index
 
 PEFT_PREFIX = "base_model.model."
 LAYERS_PATTERN = "layers"
@@ -195,6 +195,6 @@ def write_peft(
     tensors, modules = adapter_tensors(model, model_type, dtype)
     dropout = float((adapter_config.get("lora_parameters") or {}).get("dropout", 0.0))
     cfg = peft_config(modules, linear_module_names(model, model_type), dropout, base_model_name)
-    export_io.save_safetensors(out / "adapter_model.safetensors", tensors, {"format": "pt"})
-    export_io.write_json(out / "adapter_config.json", cfg)
+    export_files.save_safetensors(out / "adapter_model.safetensors", tensors, {"format": "pt"})
+    export_files.write_json(out / "adapter_config.json", cfg)
     return ["adapter_model.safetensors", "adapter_config.json"]

@@ -67,8 +67,10 @@ class FuseResult:
 
 def is_adapter(module: nn.Module) -> bool:
     """True for an mlx-lm LoRA/DoRA wrapper (``lora_a``/``lora_b`` around ``.linear``/``.embedding``)."""
-    return hasattr(module, "lora_a") and hasattr(module, "lora_b") and (
-        hasattr(module, "linear") or hasattr(module, "embedding")
+    return (
+        hasattr(module, "lora_a")
+        and hasattr(module, "lora_b")
+        and (hasattr(module, "linear") or hasattr(module, "embedding"))
     )
 
 
@@ -168,9 +170,7 @@ def dequantize_float32(model: nn.Module) -> None:
 def cast_floats(model: nn.Module, dtype: mx.Dtype) -> None:
     """Cast every floating-point parameter of ``model`` to ``dtype`` (in place); packed
     integer weights of quantized layers are left as they are."""
-    model.update(
-        tree_map(lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a, model.parameters())
-    )
+    model.update(tree_map(lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a, model.parameters()))
 
 
 def retained_fraction(rounded_base: mx.array, rounded_fused: mx.array, delta: mx.array) -> tuple[float, bool]:

@@ -41,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data_sources import PreferenceRecord, RecordRefused
+from .sources import PreferenceRecord, RecordRefused
 
 HH_MARKER = "\n\nAssistant:"
 TRUNCATION_MODES = ("keep_end", "keep_start")
@@ -57,8 +57,10 @@ DROP_REASONS = {
 }
 
 
-REPAIRS = {"prompt_in_responses": "records repeated the prompt at the start of both responses "
-                                  "(removed from the responses; it is scored nowhere)"}
+REPAIRS = {
+    "prompt_in_responses": "records repeated the prompt at the start of both responses "
+    "(removed from the responses; it is scored nowhere)"
+}
 
 
 class TokenRules:
@@ -104,8 +106,9 @@ class TokenRules:
         self.chat_template = load_chat_template(chat_template)
         # the Rust tokenizer decodes the same text without transformers' per-call overhead
         backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._backend = backend if backend is not None and not getattr(
-            tokenizer, "clean_up_tokenization_spaces", False) else None
+        self._backend = (
+            backend if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False) else None
+        )
 
     # -- text <-> ids
     def encode(self, text: str) -> list[int]:
@@ -134,11 +137,12 @@ class TokenRules:
 
     def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         if not self.has_template:
-            raise ValueError("conversational data needs a chat template but the tokenizer has none; "
-                             "pass chat_template=<file.jinja> (--chat-template)")
+            raise ValueError(
+                "conversational data needs a chat template but the tokenizer has none; "
+                "pass chat_template=<file.jinja> (--chat-template)"
+            )
         kw = {"chat_template": self.chat_template} if self.chat_template else {}
-        return self.tok.apply_chat_template(messages, tokenize=False,
-                                            add_generation_prompt=add_generation_prompt, **kw)
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kw)
 
     def strip_bos(self, ids: list[int]) -> tuple[list[int], bool]:
         """Leading BOS ids removed; whether there was one."""
@@ -167,8 +171,9 @@ def load_chat_template(chat_template: str | None) -> str | None:
 # ----------------------------------------------------------------------------- plain text
 
 
-def split_implicit(rules: TokenRules, chosen: str, rejected: str, where: str,
-                   marker: str | None = HH_MARKER) -> tuple[str, str, str]:
+def split_implicit(
+    rules: TokenRules, chosen: str, rejected: str, where: str, marker: str | None = HH_MARKER
+) -> tuple[str, str, str]:
     """(prompt, chosen response, rejected response) of two whole texts sharing a dialogue.
 
     The prompt is the text up to and including the last ``marker`` (Anthropic HH, as in the
@@ -186,9 +191,10 @@ def split_implicit(rules: TokenRules, chosen: str, rejected: str, where: str,
         if i >= 0 and j >= 0:
             p, q = chosen[: i + len(marker)], rejected[: j + len(marker)]
             if p != q:
-                raise RecordRefused("histories_differ",
-                                    f"{where}: chosen and rejected differ before the last {marker!r}")
-            return p, chosen[len(p):], rejected[len(p):]
+                raise RecordRefused(
+                    "histories_differ", f"{where}: chosen and rejected differ before the last {marker!r}"
+                )
+            return p, chosen[len(p) :], rejected[len(p) :]
     c_ids, c_off = rules.offsets(chosen)
     r_ids, _ = rules.offsets(rejected)
     k = 0
@@ -218,8 +224,10 @@ def encode_response_text(rules: TokenRules, text: str, where: str, name: str) ->
     if not ids:
         raise RecordRefused("empty_response", f"{where}: the {name} response has no tokens besides end tokens")
     if (rules.bos_id is not None and rules.bos_id in ids) or any(i in rules.end_ids for i in ids):
-        raise RecordRefused("special_token_in_response",
-                            f"{where}: the {name} response holds a BOS or end-of-sequence token inside its text")
+        raise RecordRefused(
+            "special_token_in_response",
+            f"{where}: the {name} response holds a BOS or end-of-sequence token inside its text",
+        )
     return ids + [rules.eos_id]
 
 
@@ -248,10 +256,13 @@ def encode_text_record(rules: TokenRules, rec: PreferenceRecord, marker: str | N
         raise RecordRefused("identical_responses", f"{rec.where}: chosen == rejected")
     p = rules.with_bos(rules.encode(prompt))
     if not p:
-        raise RecordRefused("empty_prompt", f"{rec.where}: empty prompt and the tokenizer has no BOS: "
-                                            "the first response token could not be scored")
-    (c, bad_c), (r, bad_r) = (_check_in_context(rules, p, prompt, ids, text)
-                              for ids, text in ((c, chosen), (r, rejected)))
+        raise RecordRefused(
+            "empty_prompt",
+            f"{rec.where}: empty prompt and the tokenizer has no BOS: the first response token could not be scored",
+        )
+    (c, bad_c), (r, bad_r) = (
+        _check_in_context(rules, p, prompt, ids, text) for ids, text in ((c, chosen), (r, rejected))
+    )
     return p, c, r, bad_c + bad_r
 
 
@@ -268,7 +279,7 @@ def _check_in_context(rules: TokenRules, p: list[int], prompt: str, ids: list[in
             return ids, 0
         pj, joint = rules.encode(prompt), rules.encode(prompt + text)
         if joint[: len(pj)] == pj and len(joint) > len(pj):
-            alt = _drop_trailing_ends(rules, joint[len(pj):])
+            alt = _drop_trailing_ends(rules, joint[len(pj) :])
             if alt and rules.decode(p + alt) == ctx + text:
                 return alt + [rules.eos_id], 0
         return ids, 1
@@ -293,7 +304,7 @@ def _finish_reply(rules: TokenRules, ids: list[int]) -> list[int]:
     specials = [k for k, i in enumerate(ids) if i in rules.special_ids]
     if specials:
         last = specials[-1]
-        if all(not rules.decode([i]).strip() for i in ids[last + 1:]):
+        if all(not rules.decode([i]).strip() for i in ids[last + 1 :]):
             ids = ids[: last + 1]
             # collapse end tokens separated only by whitespace: keep the first (end of turn)
             while True:
@@ -331,6 +342,7 @@ def encode_chat_record(rules: TokenRules, rec: PreferenceRecord):
     for name, msgs in (("chosen", rec.chosen), ("rejected", rec.rejected)):
         if not any(_content_text(m["content"]).strip() for m in msgs):
             raise RecordRefused("empty_response", f"{where}: the {name} reply is empty")
+
     def _key(msgs):
         return [(m["role"], _content_text(m["content"])) for m in msgs]
 
@@ -346,7 +358,8 @@ def encode_chat_record(rules: TokenRules, rec: PreferenceRecord):
             raise ValueError(
                 f"{where}: the chat template renders the prompt messages differently once the {name} "
                 f"reply is added (first difference at token {_common_prefix(full, h_ids)}); the "
-                "response boundary cannot be found. Use another template (--chat-template)")
+                "response boundary cannot be found. Use another template (--chat-template)"
+            )
     b = max(min(_common_prefix(p_ids, c_ids), _common_prefix(p_ids, r_ids)), len(h_ids))
     template_bos = rules.bos_id is not None and p_ids[:1] == [rules.bos_id]
     prompt = rules.with_bos(c_ids[:b], force=template_bos)
@@ -357,8 +370,9 @@ def encode_chat_record(rules: TokenRules, rec: PreferenceRecord):
         if not body:
             raise RecordRefused("empty_response", f"{where}: the {name} reply renders to no tokens")
         if (rules.bos_id is not None and rules.bos_id in resp) or any(i in rules.end_ids for i in body):
-            raise RecordRefused("special_token_in_response",
-                                f"{where}: the {name} reply holds a BOS or end token inside it")
+            raise RecordRefused(
+                "special_token_in_response", f"{where}: the {name} reply holds a BOS or end token inside it"
+            )
         text = rules.decode(resp)
         for m in msgs:
             want = _content_text(m["content"]).strip()
@@ -366,7 +380,8 @@ def encode_chat_record(rules: TokenRules, rec: PreferenceRecord):
                 raise ValueError(
                     f"{where}: the {name} reply's text is not in its scored tokens after the chat "
                     f"template (boundary at token {b}); the template alters or drops the reply. "
-                    "Use another template (--chat-template)")
+                    "Use another template (--chat-template)"
+                )
         out.append(resp)
     if out[0] == out[1]:
         raise RecordRefused("identical_responses", f"{where}: chosen and rejected render to the same ids")
@@ -376,8 +391,16 @@ def encode_chat_record(rules: TokenRules, rec: PreferenceRecord):
 # ----------------------------------------------------------------------------- truncation
 
 
-def truncate_pair(prompt: list[int], chosen: list[int], rejected: list[int], *, max_length: int,
-                  max_prompt_length: int, truncation_mode: str = "keep_end", keep_first: int = 0):
+def truncate_pair(
+    prompt: list[int],
+    chosen: list[int],
+    rejected: list[int],
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    truncation_mode: str = "keep_end",
+    keep_first: int = 0,
+):
     """Fit a pair into ``max_length`` tokens per sequence.
 
     Budget from the longer response R: if ``len(prompt) + R <= max_length`` nothing changes.
@@ -395,8 +418,10 @@ def truncate_pair(prompt: list[int], chosen: list[int], rejected: list[int], *, 
     if truncation_mode not in TRUNCATION_MODES:
         raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
     if not 1 <= max_prompt_length < max_length:
-        raise ValueError(f"need 1 <= max_prompt_length < max_length, got max_prompt_length="
-                         f"{max_prompt_length}, max_length={max_length} (--max-prompt-length, --max-length)")
+        raise ValueError(
+            f"need 1 <= max_prompt_length < max_length, got max_prompt_length="
+            f"{max_prompt_length}, max_length={max_length} (--max-prompt-length, --max-length)"
+        )
     longest = max(len(chosen), len(rejected))
     if len(prompt) + longest <= max_length:
         return prompt, chosen, rejected, False, False
@@ -405,8 +430,8 @@ def truncate_pair(prompt: list[int], chosen: list[int], rejected: list[int], *, 
     if prompt_cut:
         head = prompt[: min(keep_first, keep)]
         n = keep - len(head)
-        body = prompt[len(head):]
-        body = body[len(body) - n:] if truncation_mode == "keep_end" else body[:n]
+        body = prompt[len(head) :]
+        body = body[len(body) - n :] if truncation_mode == "keep_end" else body[:n]
         prompt = head + body
     room = max_length - len(prompt)
     response_cut = longest > room
@@ -422,8 +447,14 @@ def _percentiles(values) -> dict:
     if not values:
         return {}
     a = np.asarray(values)
-    return {"min": int(a.min()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "max": int(a.max()), "mean": float(a.mean())}
+    return {
+        "min": int(a.min()),
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "max": int(a.max()),
+        "mean": float(a.mean()),
+    }
 
 
 @dataclass
@@ -478,26 +509,35 @@ class DataSummary:
 
     def format(self) -> str:
         """Human-readable multi-line summary."""
-        lines = [f"data: {self.source} [{self.split}] format={self.data_format}",
-                 f"  records read {self.records}, pairs kept {self.kept}, dropped {sum(self.dropped.values())}"
-                 f"  ({self.seconds:.2f} s)"]
+        lines = [
+            f"data: {self.source} [{self.split}] format={self.data_format}",
+            f"  records read {self.records}, pairs kept {self.kept}, dropped {sum(self.dropped.values())}"
+            f"  ({self.seconds:.2f} s)",
+        ]
         for reason, n in sorted(self.dropped.items()):
             ex = ", ".join(str(i) for i in self.dropped_records.get(reason, []))
             more = ", ..." if n > len(self.dropped_records.get(reason, [])) else ""
             lines.append(f"    dropped {n:>6} {DROP_REASONS.get(reason, reason)} (records {ex}{more})")
         for name, n in sorted(self.repaired.items()):
             lines.append(f"    repaired {n:>5} {REPAIRS.get(name, name)}")
-        lines.append(f"  truncation max_length={self.max_length} max_prompt_length={self.max_prompt_length} "
-                     f"mode={self.truncation_mode}: prompt cut in {self.prompt_cut}, "
-                     f"a response cut in {self.response_cut} pairs")
+        lines.append(
+            f"  truncation max_length={self.max_length} max_prompt_length={self.max_prompt_length} "
+            f"mode={self.truncation_mode}: prompt cut in {self.prompt_cut}, "
+            f"a response cut in {self.response_cut} pairs"
+        )
         if self.decode_mismatches:
             lines.append(f"  WARNING: {self.decode_mismatches} responses do not decode back to their text exactly")
         lines.append("  tokens            min     p50     p90     p99     max    mean")
-        for name, d in (("prompt", self.prompt_lengths), ("response", self.response_lengths),
-                        ("sequence (kept)", self.sequence_lengths)):
+        for name, d in (
+            ("prompt", self.prompt_lengths),
+            ("response", self.response_lengths),
+            ("sequence (kept)", self.sequence_lengths),
+        ):
             if d:
-                lines.append(f"  {name:<15} {d['min']:>5} {d['p50']:>7.1f} {d['p90']:>7.1f} {d['p99']:>7.1f} "
-                             f"{d['max']:>7} {d['mean']:>7.1f}")
+                lines.append(
+                    f"  {name:<15} {d['min']:>5} {d['p50']:>7.1f} {d['p90']:>7.1f} {d['p99']:>7.1f} "
+                    f"{d['max']:>7} {d['mean']:>7.1f}"
+                )
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -508,4 +548,3 @@ class DataSummary:
 
     def __str__(self) -> str:
         return self.format()
-

@@ -6,7 +6,7 @@ without any tokenizer:
 
 - ``"text"``: prompt, chosen and rejected strings (standard format; ``system`` prepended);
 - ``"implicit"``: chosen and rejected whole texts sharing the dialogue (Anthropic HH); the
-  prompt is found later, by :mod:`tdpo_mlx.data_encode` (it may need the tokenizer);
+  prompt is found later, by :mod:`tdpo_mlx.data.encode` (it may need the tokenizer);
 - ``"chat"``: prompt messages plus the chosen / rejected assistant messages (conversational).
 
 Errors name the file and line (or the dataset and record index) and the option that fixes them.
@@ -24,8 +24,13 @@ from pathlib import Path
 from typing import Any
 
 FORMATS = ("auto", "standard", "implicit", "conversational")
-_FORMAT_ALIASES = {"hh": "implicit", "chat": "conversational", "messages": "conversational",
-                   "prompt": "standard", "text": "standard"}
+_FORMAT_ALIASES = {
+    "hh": "implicit",
+    "chat": "conversational",
+    "messages": "conversational",
+    "prompt": "standard",
+    "text": "standard",
+}
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
 SPLIT_ALIASES = {
     "train": ("train",),
@@ -35,8 +40,12 @@ SPLIT_ALIASES = {
 for _a in ("validation", "eval", "dev"):
     SPLIT_ALIASES[_a] = SPLIT_ALIASES["valid"]
 
-_KEY_OPTION = {"prompt": "prompt_key (--prompt-key)", "chosen": "chosen_key (--chosen-key)",
-               "rejected": "rejected_key (--rejected-key)", "system": "system_key (--system-key)"}
+_KEY_OPTION = {
+    "prompt": "prompt_key (--prompt-key)",
+    "chosen": "chosen_key (--chosen-key)",
+    "rejected": "rejected_key (--rejected-key)",
+    "system": "system_key (--system-key)",
+}
 
 
 class DataError(ValueError):
@@ -103,8 +112,10 @@ def _read_jsonl(path: Path) -> Rows:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}); "
-                                "each line must be one JSON object") from None
+                raise DataError(
+                    f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}); "
+                    "each line must be one JSON object"
+                ) from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
             rows.append(obj)
@@ -129,8 +140,10 @@ def _read_json(path: Path, split: str) -> Rows:
                 selected = key not in ("data", "rows", "examples")
                 break
         else:
-            raise DataError(f"{path}: expected a JSON list of records (or an object with a "
-                            f"{split!r} / 'data' list); top-level keys are {sorted(obj)}")
+            raise DataError(
+                f"{path}: expected a JSON list of records (or an object with a "
+                f"{split!r} / 'data' list); top-level keys are {sorted(obj)}"
+            )
     if not isinstance(obj, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(obj).__name__}")
     for i, r in enumerate(obj):
@@ -153,8 +166,10 @@ def _read_csv(path: Path) -> Rows:
         try:
             for row in reader:
                 if None in row:
-                    raise DataError(f"{path}:{reader.line_num}: more fields than the header's "
-                                    f"{len(reader.fieldnames or [])} columns")
+                    raise DataError(
+                        f"{path}:{reader.line_num}: more fields than the header's "
+                        f"{len(reader.fieldnames or [])} columns"
+                    )
                 rows.append(dict(row))
                 where.append(f"{path}:{reader.line_num}")
         except csv.Error as e:
@@ -243,7 +258,8 @@ def read_rows(data, split: str = "train") -> Rows:
             # never hand back the training records as another split
             raise FileNotFoundError(
                 f"{path} is a single file and has no {split!r} split; put train/valid/test files "
-                "in a directory, pass that split's file itself, or hold out pairs (split_holdout)")
+                "in a directory, pass that split's file itself, or hold out pairs (split_holdout)"
+            )
         return rows
     if path.is_dir():
         f = _split_file(path, split)
@@ -262,7 +278,8 @@ def read_rows(data, split: str = "train") -> Rows:
         found = sorted(p.name for p in path.iterdir())[:20]
         raise FileNotFoundError(
             f"{path}: no {split!r} file (looked for {'/'.join(SPLIT_ALIASES.get(split, (split,)))} "
-            f"with {', '.join(SUFFIXES)}); the folder holds {found}")
+            f"with {', '.join(SUFFIXES)}); the folder holds {found}"
+        )
     if str(data).lower().endswith(SUFFIXES):
         raise FileNotFoundError(f"data file not found: {path}")
     if str(data).startswith((".", "/", "~")) or str(data).count("/") > 1:
@@ -299,15 +316,18 @@ def _need(row: dict, key: str, role: str, where: str):
     if key not in row:
         raise DataError(
             f"{where}: record has no {key!r} key (the {role}); keys found: {sorted(row)}. "
-            f"Map yours with {_KEY_OPTION[role]}")
+            f"Map yours with {_KEY_OPTION[role]}"
+        )
     return row[key]
 
 
 def _need_str(row, key, role, where) -> str:
     v = _need(row, key, role, where)
     if not isinstance(v, str):
-        raise DataError(f"{where}: {key!r} must be a string in this format, got {type(v).__name__}"
-                        + ("; message lists need data_format='conversational'" if _is_messages(v) else ""))
+        raise DataError(
+            f"{where}: {key!r} must be a string in this format, got {type(v).__name__}"
+            + ("; message lists need data_format='conversational'" if _is_messages(v) else "")
+        )
     return v
 
 
@@ -345,8 +365,18 @@ class RecordRefused(Exception):
         self.reason = reason
 
 
-def to_record(row: dict, index: int, where: str, fmt: str, *, prompt_key: str, chosen_key: str,
-              rejected_key: str, system_key: str, system_separator: str = "\n\n") -> PreferenceRecord:
+def to_record(
+    row: dict,
+    index: int,
+    where: str,
+    fmt: str,
+    *,
+    prompt_key: str,
+    chosen_key: str,
+    rejected_key: str,
+    system_key: str,
+    system_separator: str = "\n\n",
+) -> PreferenceRecord:
     """One raw row -> :class:`PreferenceRecord` in format ``fmt`` (not ``"auto"``).
 
     Raises:
@@ -363,7 +393,7 @@ def to_record(row: dict, index: int, where: str, fmt: str, *, prompt_key: str, c
         repaired = None
         if prompt.strip() and chosen.startswith(prompt) and rejected.startswith(prompt):
             # the prompt repeated inside both responses would be scored: keep it once
-            chosen, rejected, repaired = chosen[len(prompt):], rejected[len(prompt):], "prompt_in_responses"
+            chosen, rejected, repaired = chosen[len(prompt) :], rejected[len(prompt) :], "prompt_in_responses"
         if system:
             prompt = system + system_separator + prompt
         return PreferenceRecord("text", prompt, chosen, rejected, index, where, repaired)
@@ -379,21 +409,25 @@ def to_record(row: dict, index: int, where: str, fmt: str, *, prompt_key: str, c
     if prompt_key in row and row[prompt_key] is not None:
         prompt = _messages(row[prompt_key], "user", prompt_key, where)
         # Some datasets repeat the prompt turns at the start of chosen/rejected.
-        if len(chosen) > len(prompt) and _same_messages(chosen[:len(prompt)], prompt):
-            chosen, repaired = chosen[len(prompt):], "prompt_in_responses"
-        if len(rejected) > len(prompt) and _same_messages(rejected[:len(prompt)], prompt):
-            rejected, repaired = rejected[len(prompt):], "prompt_in_responses"
+        if len(chosen) > len(prompt) and _same_messages(chosen[: len(prompt)], prompt):
+            chosen, repaired = chosen[len(prompt) :], "prompt_in_responses"
+        if len(rejected) > len(prompt) and _same_messages(rejected[: len(prompt)], prompt):
+            rejected, repaired = rejected[len(prompt) :], "prompt_in_responses"
         for key, resp in ((chosen_key, chosen), (rejected_key, rejected)):
             bad = [m["role"] for m in resp if m["role"] in ("user", "system")]
             if bad:
-                raise DataError(f"{where}: {key!r} holds a {bad[0]!r} turn after the prompt; with a "
-                                f"{prompt_key!r} key the responses must be the assistant reply only")
+                raise DataError(
+                    f"{where}: {key!r} holds a {bad[0]!r} turn after the prompt; with a "
+                    f"{prompt_key!r} key the responses must be the assistant reply only"
+                )
     else:
         # Whole conversations: the prompt is everything before the final assistant message.
         for key, conv in ((chosen_key, chosen), (rejected_key, rejected)):
             if not conv or conv[-1]["role"] != "assistant":
-                raise DataError(f"{where}: {key!r} must end with an assistant message "
-                                f"(got {conv[-1]['role'] if conv else 'an empty list'!r})")
+                raise DataError(
+                    f"{where}: {key!r} must end with an assistant message "
+                    f"(got {conv[-1]['role'] if conv else 'an empty list'!r})"
+                )
         prompt, chosen_hist = chosen[:-1], chosen[:-1]
         if not _same_messages(chosen_hist, rejected[:-1]):
             n = min(len(chosen_hist), len(rejected) - 1)
@@ -401,10 +435,12 @@ def to_record(row: dict, index: int, where: str, fmt: str, *, prompt_key: str, c
             raise RecordRefused(
                 "histories_differ",
                 f"{where}: chosen and rejected conversations differ before the last reply "
-                f"(first at message {k}); only the final assistant message may differ")
+                f"(first at message {k}); only the final assistant message may differ",
+            )
         chosen, rejected = chosen[-1:], rejected[-1:]
     if not prompt and not system:
-        raise DataError(f"{where}: conversation has no prompt messages (nothing before the reply); "
-                        f"give a {prompt_key!r} key or whole conversations")
+        raise DataError(
+            f"{where}: conversation has no prompt messages (nothing before the reply); "
+            f"give a {prompt_key!r} key or whole conversations"
+        )
     return PreferenceRecord("chat", _with_system(prompt, system), chosen, rejected, index, where, repaired)
-

@@ -3,15 +3,15 @@
 :func:`export` is the one entry point (the ``tdpo-mlx export`` command calls it):
 
 * ``to="peft"``: ``adapter_model.safetensors`` + ``adapter_config.json`` for PEFT
-  (:mod:`tdpo_mlx.export_peft`);
+  (:mod:`tdpo_mlx.export.peft`);
 * ``to="hf"``: the adapter fused in float32 into the dequantized base, saved in the requested
-  dtype in transformers layout (:mod:`tdpo_mlx.export_fuse`, :mod:`tdpo_mlx.export_hf`);
+  dtype in transformers layout (:mod:`tdpo_mlx.export.fuse`, :mod:`tdpo_mlx.export.hf`);
 * ``to="mlx"``: the same fused model as an mlx-lm directory, optionally re-quantized.
 
-Every export also gets a model card (``README.md``, :mod:`tdpo_mlx.export_card`). The export is
+Every export also gets a model card (``README.md``, :mod:`tdpo_mlx.export.card`). The export is
 assembled in a temporary directory beside ``out`` and renamed into place only when complete.
 Where the chosen dtype or re-quantization loses an adapter update, an
-:class:`~tdpo_mlx.export_fuse.ExportPrecisionWarning` names the layer (case A2).
+:class:`~tdpo_mlx.export.fuse.ExportPrecisionWarning` names the layer (case A2).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import export_card, export_io
-from .export_fuse import (
+from . import card as cards
+from . import files as export_files
+from .fuse import (
     ExportPrecisionWarning,
     cast_floats,
     dequantize_float32,
@@ -35,7 +36,7 @@ from .export_fuse import (
     rounding_losses,
     warn_losses,
 )
-from .hf_names import UnsupportedExportError, check_supported
+from .names import UnsupportedExportError, check_supported
 
 TARGETS = ("peft", "hf", "mlx")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -68,14 +69,14 @@ class ExportResult:
 
 def resolve_model_dir(model: str | Path) -> Path:
     """A local mlx-lm model directory for ``model`` (a directory, or a named source such as
-    ``gemma3-270m`` that :func:`tdpo_mlx.gguf_import.resolve_model_path` imports once).
+    ``gemma3-270m`` that :func:`tdpo_mlx.gguf.resolve_model_path` imports once).
 
     Raises:
         FileNotFoundError: no ``config.json`` there.
     """
     path = str(model)
     try:
-        from .gguf_import import resolve_model_path
+        from ..gguf import resolve_model_path
     except ImportError:
         resolve_model_path = None
     if resolve_model_path is not None and not Path(path).is_dir():
@@ -154,8 +155,11 @@ def _base_model_name(explicit, info: dict, raw_config: dict, model) -> tuple[str
         f"`tdpo-mlx export --model {model} --to hf --out BASE_DIR` and pass that directory"
     )
     if "quantization" in raw_config or "quantization_config" in raw_config:
-        return name, f"base model {name!r} is a quantized MLX model; PEFT and transformers need an unquantized base: {hint}"
-    if not export_card.is_hub_id(name) and not Path(name).is_dir():
+        return (
+            name,
+            f"base model {name!r} is a quantized MLX model; PEFT and transformers need an unquantized base: {hint}",
+        )
+    if not cards.is_hub_id(name) and not Path(name).is_dir():
         return name, f"base model {name!r} is neither a Hugging Face id nor a directory: {hint}"
     return name, None
 
@@ -167,7 +171,7 @@ def fuse_for_export(model, dtype, quantize: int | None = None, group_size: int =
     Returns:
         (model, quantization, warnings): ``quantization`` is mlx-lm's ``{"group_size", "bits",
         "mode"}`` when re-quantized, else None; ``warnings`` the
-        :class:`~tdpo_mlx.export_fuse.ExportPrecisionWarning` messages issued for layers whose
+        :class:`~tdpo_mlx.export.fuse.ExportPrecisionWarning` messages issued for layers whose
         update the dtype or the re-quantization does not keep (case A2).
     """
     import mlx.core as mx
@@ -235,8 +239,8 @@ def export(
         UnsupportedExportError: no safe Hugging Face mapping for the architecture or adapter.
         FileNotFoundError: model or adapter directory incomplete; FileExistsError: ``out`` not empty.
     """
-    from .export_hf import write_hf, write_mlx
-    from .export_peft import write_peft
+    from .hf import write_hf, write_mlx
+    from .peft import write_peft
 
     if to not in TARGETS:
         raise ValueError(f"--to {to!r}: choose one of {', '.join(TARGETS)}")
@@ -247,7 +251,7 @@ def export(
     if quantize is not None and quantize not in (2, 3, 4, 5, 6, 8):
         raise ValueError(f"--quantize {quantize}: choose 2, 3, 4, 5, 6 or 8 bits (mlx-lm affine)")
     want_dtype = _parse_dtype(dtype)
-    max_bytes = export_io.parse_size(max_shard_size)
+    max_bytes = export_files.parse_size(max_shard_size)
 
     model_dir = resolve_model_dir(model)
     raw_config = _read_json(model_dir / "config.json")
@@ -256,7 +260,7 @@ def export(
         check_supported(model_type)
 
     mlx_model, adapter_cfg = load_for_export(model_dir, adapter_path, lazy=(to == "peft"))
-    info = export_card.training_info(adapter_path)
+    info = cards.training_info(adapter_path)
     base_name, name_warning = _base_model_name(base_model_name, info, raw_config, model)
     issued: list[str] = []
     if name_warning and to == "peft":
@@ -264,7 +268,7 @@ def export(
         issued.append(name_warning)
 
     adapted = [n for n, m in mlx_model.named_modules() if is_adapter(m)]
-    with export_io.atomic_directory(out, overwrite=overwrite) as tmp:
+    with export_files.atomic_directory(out, overwrite=overwrite) as tmp:
         if to == "peft":
             files = write_peft(tmp, mlx_model, model_type, adapter_cfg, base_name, want_dtype)
             saved = dtype_name(want_dtype) if want_dtype is not None else None
@@ -277,8 +281,8 @@ def export(
             else:
                 files = write_mlx(tmp, mlx_model, raw_config, model_dir, dt, max_bytes, quantization)
             saved = dtype_name(dt)
-        card = export_card.model_card(to, info, base_name, notes=issued or None)
-        export_io.write_text(tmp / "README.md", card)
+        card = cards.model_card(to, info, base_name, notes=issued or None)
+        export_files.write_text(tmp / "README.md", card)
         files.append("README.md")
     result = ExportResult(
         out=Path(out).resolve(),

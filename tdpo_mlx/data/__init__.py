@@ -1,0 +1,25 @@
+"""Preference data: sources and formats -> records -> token ids with boundaries -> padded batches.
+
+- :mod:`.sources`: read rows from files, directories, ``datasets`` folders and hub ids; formats.
+- :mod:`.encode`: token rules (BOS/EOS, chat templates, response boundaries) and truncation.
+- :mod:`.load`: :func:`load_preference_data` (the entry point) and :func:`split_holdout`.
+- :mod:`.batches`: :class:`EncodedPair`, :class:`Batch`, :func:`make_batch`, :class:`BatchIterator`.
+"""
+
+from .batches import Batch, BatchIterator, EncodedPair, make_batch, response_target_mask
+from .encode import DataSummary, TokenRules
+from .load import load_preference_data, split_holdout
+from .sources import DataError
+
+__all__ = [
+    "Batch",
+    "BatchIterator",
+    "DataError",
+    "DataSummary",
+    "EncodedPair",
+    "TokenRules",
+    "load_preference_data",
+    "make_batch",
+    "response_target_mask",
+    "split_holdout",
+]

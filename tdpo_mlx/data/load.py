@@ -1,0 +1,190 @@
+"""Load preference data: a source (file, directory, hub id) -> encoded pairs with exact boundaries.
+
+Sources and formats live in :mod:`tdpo_mlx.data.sources`, the token rules and truncation in
+:mod:`tdpo_mlx.data.encode`; padded batches in :mod:`tdpo_mlx.data.batches`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .batches import EncodedPair
+from .encode import (
+    HH_MARKER,
+    DataSummary,
+    TokenRules,
+    _percentiles,
+    encode_chat_record,
+    encode_text_record,
+    truncate_pair,
+)
+from .sources import DataError, RecordRefused, detect_format, normalize_format, read_rows, to_record
+
+log = logging.getLogger(__name__)
+
+
+def load_preference_data(
+    data,
+    *,
+    tokenizer,
+    split: str = "train",
+    max_length: int = 512,
+    max_prompt_length: int = 256,
+    truncation_mode: str = "keep_end",
+    prompt_key: str = "prompt",
+    chosen_key: str = "chosen",
+    rejected_key: str = "rejected",
+    system_key: str = "system",
+    data_format: str = "auto",
+    chat_template: str | None = None,
+    add_bos: bool | None = None,
+    implicit_marker: str | None = HH_MARKER,
+    strict: bool = False,
+    limit: int | None = None,
+) -> tuple[list[EncodedPair], DataSummary]:
+    """Read preference data and encode it into :class:`EncodedPair` s with exact boundaries.
+
+    Args:
+        data: a file (``.jsonl``, ``.jsonl.gz``, ``.json``, ``.parquet``, ``.csv``), a
+            directory with ``train``/``valid``/``test`` files, a ``datasets`` folder, a Hugging
+            Face dataset id, a ``datasets.Dataset`` or a list of dicts (see
+            :func:`tdpo_mlx.data.sources.read_rows`).
+        tokenizer: a ``transformers`` tokenizer or an mlx-lm ``TokenizerWrapper``.
+        split: split of a directory / dataset (``"valid"`` also matches validation/eval/dev).
+        max_length: tokens per sequence (prompt + response), at most.
+        max_prompt_length: prompt tokens always kept when a pair is too long
+            (``1 <= max_prompt_length < max_length``).
+        truncation_mode: ``"keep_end"`` (keep the prompt's last tokens, default, for dialogue)
+            or ``"keep_start"``.
+        prompt_key, chosen_key, rejected_key, system_key: field names.
+        data_format: ``"auto"`` (per source: message lists -> conversational; a prompt key ->
+            standard; else implicit), ``"standard"``, ``"implicit"`` (HH: whole texts) or
+            ``"conversational"`` (also renders standard string records as a one-turn chat).
+        chat_template: Jinja string or file overriding the tokenizer's template.
+        add_bos: force BOS on/off; None follows the tokenizer.
+        implicit_marker: the implicit format's prompt end (HH ``"\n\nAssistant:"``); None uses
+            only the longest common prefix on a token boundary.
+        strict: raise on the first refused record instead of dropping and counting it.
+        limit: read only the first ``limit`` records.
+
+    Returns:
+        (pairs, summary): pairs in source order, ``pair.index`` the record index;
+        :class:`DataSummary` with kept/dropped counts and token-length percentiles.
+
+    Raises:
+        DataError (a ValueError): malformed input (file and line), a missing key (keys found and
+            the option to map them), a chat template that breaks the boundary (the record);
+            with ``strict``, any refused record; no pair kept at all.
+        FileNotFoundError: missing file or split.
+    """
+    t0 = time.perf_counter()
+    fmt = normalize_format(data_format)
+    truncate_pair(
+        [1], [1], [1], max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode
+    )  # validates the limits up front
+    rules = TokenRules(tokenizer, chat_template=chat_template, add_bos=add_bos)
+    src = read_rows(data, split)
+    rows = src.rows[:limit] if limit is not None else src.rows
+    if not rows:
+        raise DataError(f"{src.name}: no records")
+    keys = dict(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key)
+    if fmt == "auto":
+        fmt = detect_format(rows[0], **keys)
+    summary = DataSummary(
+        source=src.name,
+        split=split,
+        data_format=fmt,
+        records=len(rows),
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        truncation_mode=truncation_mode,
+    )
+    if fmt == "conversational" and not rules.has_template:
+        raise DataError(
+            f"{src.name}: conversational data needs a chat template and the tokenizer has "
+            "none; pass chat_template=<file.jinja> (--chat-template)"
+        )
+    pairs: list[EncodedPair] = []
+    plen, rlen, slen = [], [], []
+    for i, row in enumerate(rows):
+        where = f"{src.where[i]} (record {i})"
+        try:
+            rec = to_record(row, i, where, fmt, system_key=system_key, **keys)
+            if rec.kind == "chat":
+                p, c, r, mismatches = encode_chat_record(rules, rec)
+            else:
+                p, c, r, mismatches = encode_text_record(rules, rec, implicit_marker)
+            raw = (len(p), len(c), len(r))
+            p, c, r, pcut, rcut = truncate_pair(
+                p,
+                c,
+                r,
+                max_length=max_length,
+                max_prompt_length=max_prompt_length,
+                truncation_mode=truncation_mode,
+                keep_first=1 if rules.add_bos or p[:1] == [rules.bos_id] else 0,
+            )
+            if not c or not r:
+                raise RecordRefused("too_long", f"{where}: a response would be truncated away")
+            if c == r:
+                raise RecordRefused("identical_after_truncation", f"{where}: chosen == rejected after truncation")
+        except RecordRefused as e:
+            if strict:
+                raise DataError(str(e)) from None
+            summary.drop(e.reason, where, i)
+            continue
+        summary.decode_mismatches += mismatches
+        if rec.repaired:
+            summary.repaired[rec.repaired] = summary.repaired.get(rec.repaired, 0) + 1
+        summary.prompt_cut += pcut
+        summary.response_cut += rcut
+        plen.append(raw[0])
+        rlen.extend(raw[1:])
+        slen.append(len(p) + max(len(c), len(r)))
+        pairs.append(EncodedPair(p, c, r, i))
+    summary.kept = len(pairs)
+    summary.prompt_lengths = _percentiles(plen)
+    summary.response_lengths = _percentiles(rlen)
+    summary.sequence_lengths = _percentiles(slen)
+    summary.seconds = time.perf_counter() - t0
+    if not pairs:
+        raise DataError(
+            f"{src.name}: no pair kept out of {len(rows)} records; dropped {summary.dropped} "
+            f"(e.g. {summary.dropped_examples})"
+        )
+    if summary.dropped:
+        log.warning(
+            "preference data: dropped %d of %d records: %s",
+            sum(summary.dropped.values()),
+            len(rows),
+            ", ".join(f"{k}={v}" for k, v in sorted(summary.dropped.items())),
+        )
+    return pairs, summary
+
+
+def split_holdout(pairs, fraction: float, seed: int = 0) -> tuple[list, list]:
+    """Deterministic train/eval split of ``pairs`` for a held-out evaluation set.
+
+    ``round(fraction * n)`` pairs (at least 1 when ``fraction > 0`` and n >= 2, at most n - 1)
+    are drawn by a permutation seeded with ``seed``; both parts keep the input order.
+
+    Returns:
+        (train, eval) lists. ``fraction == 0`` gives (all pairs, []).
+
+    Raises:
+        ValueError: fraction outside [0, 1); fewer than 2 pairs with fraction > 0.
+    """
+    import numpy as np
+
+    pairs = list(pairs)
+    if not 0 <= fraction < 1:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return pairs, []
+    n = len(pairs)
+    if n < 2:
+        raise ValueError(f"cannot hold out a fraction of {n} pair(s)")
+    k = min(max(int(round(fraction * n)), 1), n - 1)
+    held = set(np.random.default_rng([seed, 7919]).permutation(n)[:k].tolist())
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
