@@ -9,6 +9,7 @@ import zlib
 import pytest
 
 import tdpo_mlx  # noqa: F401
+from tdpo_mlx.demo import config, report
 from tdpo_mlx.demo import run as demo
 from tdpo_mlx.evaluate import Sample
 
@@ -107,9 +108,9 @@ def _row(name, reward, kl, method=None, step=0):
 
 
 def test_report_and_plots_on_fake_metrics(tmp_path):
-    cfg = demo.DemoConfig(iters=10)
+    cfg = config.DemoConfig(iters=10)
     rows = {"reference": _row("reference", 0.1, 0.0)}
-    for i, m in enumerate(demo.METHODS):
+    for i, m in enumerate(config.METHODS):
         rows[f"{m}@5"] = _row(f"{m}@5", 0.2 + i * 0.01, 1.0 + i, m, 5)
         rows[m] = _row(m, 0.4 + i * 0.05, 3.0 - i, m, 10)
     metrics = {
@@ -117,7 +118,7 @@ def test_report_and_plots_on_fake_metrics(tmp_path):
             {"step": s, "kl/chosen": 0.1 * s, "kl/rejected": 0.2 * s + i, "kl/margin": 0.1 * s + i, "loss": 0.6}
             for s in range(1, 11)
         ]
-        for i, m in enumerate(demo.METHODS)
+        for i, m in enumerate(config.METHODS)
     }
     summary = {
         "prompts": 5,
@@ -127,7 +128,7 @@ def test_report_and_plots_on_fake_metrics(tmp_path):
         "rejected_reward_mean": -0.2,
         "sample_reward_mean": 0.1,
     }
-    path = demo.write_report(
+    path = report.write_report(
         tmp_path,
         cfg,
         rows,
@@ -150,8 +151,8 @@ def test_report_and_plots_on_fake_metrics(tmp_path):
 
 
 def test_moving_average_by_hand():
-    assert demo._moving_average([1, 2, 3, 4], 3).tolist() == [1.0, 1.5, 2.0, 3.0]
-    assert demo._moving_average([5], 3).tolist() == [5.0]
+    assert report._moving_average([1, 2, 3, 4], 3).tolist() == [1.0, 1.5, 2.0, 3.0]
+    assert report._moving_average([5], 3).tolist() == [5.0]
 
 
 def test_read_metrics_keeps_train_records(tmp_path):
@@ -167,8 +168,8 @@ def test_read_metrics_keeps_train_records(tmp_path):
         )
         + "\n"
     )
-    assert [r["step"] for r in demo.read_metrics(f)] == [1, 2]
-    assert demo.read_metrics(tmp_path / "missing.jsonl") == []
+    assert [r["step"] for r in report.read_metrics(f)] == [1, 2]
+    assert report.read_metrics(tmp_path / "missing.jsonl") == []
 
 
 def test_tiny_end_to_end_and_resume(tmp_path, capsys):
@@ -178,7 +179,7 @@ def test_tiny_end_to_end_and_resume(tmp_path, capsys):
     from test_evaluate import make_tiny_model_dir
 
     d = make_tiny_model_dir(tmp_path / "model")
-    cfg = demo.DemoConfig(
+    cfg = config.DemoConfig(
         model=str(d),
         n_train_prompts=6,
         n_eval_prompts=3,
@@ -216,7 +217,7 @@ def test_tiny_end_to_end_and_resume(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["rows"]["reference"]["seq_kl_mean"] == 0.0
     assert res["rows"]["dpo"]["seq_kl_mean"] > 0.0
-    assert len(demo.read_metrics(out / "adapters" / "dpo" / "metrics.jsonl")) == 4
+    assert len(report.read_metrics(out / "adapters" / "dpo" / "metrics.jsonl")) == 4
     # resume: everything is done, so a rerun only rewrites the report
     mtime = (out / "adapters" / "dpo" / "adapters.safetensors").stat().st_mtime_ns
     capsys.readouterr()
