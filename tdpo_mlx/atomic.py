@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import AlreadyExistsError
+
 
 def _mode(directory: bool = False) -> int:
     """Permission bits a plain ``open``/``mkdir`` would give (mkstemp/mkdtemp use 0600/0700)."""
@@ -103,7 +105,7 @@ def atomic_directory(out: str | Path, overwrite: bool = False):
     """
     out = Path(out).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
+        raise AlreadyExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     os.chmod(tmp, _mode(directory=True))

@@ -5,7 +5,7 @@ of each option is the field's ``help`` metadata. A YAML/JSON config file holds t
 (``-`` or ``_``). This module imports no MLX so the CLI can build ``--help`` cheaply.
 
 Defaults follow the TDPO paper and its code (Zeng et al., 2024; github.com/Vance0124/
-Token-level-Direct-Preference-Optimization): beta 0.1, alpha 0.5, RMSprop, 150 warmup steps,
+Token-level-Direct-Preference-Optimization): beta 0.1, alpha 0.5, RMSprop, 150 warmup steps (here at most 10% of a run's steps),
 max length 512, max prompt length 256, gradient-norm clip 10.0. The exception is the learning
 rate: the paper's 5e-6 is for full fine-tuning. With LoRA only the low-rank factors move, the
 update starts from B = 0, and the effective change of W is scale * B @ A, so the usual LoRA
@@ -24,12 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import typing
 from dataclasses import dataclass, field
+
+from .errors import UserError, did_you_mean, read_text
 
 OPTIMIZERS = ("rmsprop", "adamw", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 TRUNCATION_MODES = ("keep_end", "keep_start")
+DATA_FORMATS = ("auto", "standard", "implicit", "conversational")
+DEFAULT_WARMUP = 150  # the paper's warm-up steps
 
 
 def _f(default, help, **kw):
@@ -72,6 +78,17 @@ class TrainConfig:
     max_length: int = _f(512, "maximum tokens of prompt + response")
     max_prompt_length: int = _f(256, "maximum prompt tokens")
     truncation_mode: str = _f("keep_end", "which end of a long prompt to keep", choices=TRUNCATION_MODES)
+    data_format: str = _f(
+        "auto",
+        "record format: auto (message lists -> conversational, a prompt key -> standard, exactly "
+        "chosen+rejected texts -> implicit HH), standard, implicit or conversational",
+        choices=DATA_FORMATS,
+    )
+    prompt_key: str = _f("prompt", "record key of the prompt")
+    chosen_key: str = _f("chosen", "record key of the chosen response")
+    rejected_key: str = _f("rejected", "record key of the rejected response")
+    system_key: str = _f("system", "record key of an optional system text")
+    chat_template: str | None = _f(None, "Jinja chat template file for conversational data (overrides the tokenizer's)")
 
     # objective
     loss: str = _f("tdpo2", "objective", choices=("tdpo1", "tdpo2", "dpo", "sft"))
@@ -83,14 +100,18 @@ class TrainConfig:
     optimizer: str = _f("rmsprop", "optimizer", choices=OPTIMIZERS)
     lr: float = _f(5e-5, "peak learning rate (paper: 5e-6 for full fine-tuning; LoRA default 5e-5)")
     weight_decay: float = _f(0.0, "decoupled weight decay (adamw only)")
-    warmup_steps: int = _f(150, "linear warm-up steps: lr * min(1, (step + 1) / (warmup + 1)) as in the paper's code")
+    warmup_steps: int | None = _f(
+        None,
+        "linear warm-up steps: lr * min(1, (step + 1) / (warmup + 1)) as in the paper's code; "
+        "None = min(150, 10%% of the run's steps), so a short run still reaches its lr",
+    )
     lr_schedule: str = _f(
         "constant", "after warm-up: constant, or cosine decay to 0 at the last step", choices=LR_SCHEDULES
     )
     batch_size: int = _f(4, "preference pairs per micro-batch")
     grad_accum: int = _f(1, "micro-batches per optimizer step (effective batch = batch-size x grad-accum pairs)")
     max_grad_norm: float = _f(10.0, "clip the global gradient norm to this value (0 = no clipping)")
-    iters: int | None = _f(None, "optimizer steps (default: --epochs, or one epoch)")
+    iters: int | None = _f(None, "optimizer steps; without it: --epochs, or one epoch")
     epochs: float | None = _f(None, "passes over the training pairs when --iters is not given")
     seed: int = _f(0, "seed of adapter initialization, data order and dropout")
 
@@ -104,26 +125,25 @@ class TrainConfig:
     progress: bool = _f(True, "show a progress bar")
 
     def validate(self) -> TrainConfig:
-        """Check ranges and choices; returns self.
+        """Convert every field to its type (:func:`convert_value`) and check ranges and choices; returns self.
 
         Raises:
-            ValueError: naming the option and the allowed values.
+            UserError: naming the option (``--lora-rank``), the value and what is allowed.
         """
 
         def bad(name, why):
-            raise ValueError(f"--{name.replace('_', '-')}: {why}")
+            raise UserError(f"{option_name(name)}: {why}")
 
         for f in dataclasses.fields(self):
-            ch = f.metadata.get("choices")
-            v = getattr(self, f.name)
-            if ch and v is not None and v not in ch:
-                bad(f.name, f"{v!r} is not one of {', '.join(map(str, ch))}")
+            setattr(self, f.name, convert_value(f.name, getattr(self, f.name), option_name(f.name)))
         for name in ("lora_rank", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
-        for name in ("warmup_steps", "eval_every", "save_every", "max_eval_pairs", "keep_checkpoints"):
+        for name in ("eval_every", "save_every", "max_eval_pairs", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            bad("warmup_steps", "must be >= 0")
         if self.steps_per_report < 1:
             bad("steps_per_report", "must be >= 1")
         if self.iters is not None and self.iters < 1:
@@ -138,65 +158,189 @@ class TrainConfig:
             bad("lr", "must be > 0")
         if self.max_grad_norm < 0:
             bad("max_grad_norm", "must be >= 0")
+        if self.max_prompt_length < 1:
+            bad("max_prompt_length", "must be >= 1")
         if self.max_prompt_length >= self.max_length:
             bad("max_prompt_length", f"must be smaller than --max-length ({self.max_length})")
         if self.beta <= 0:
             bad("beta", "must be > 0")
+        if self.lora_scale is not None and self.lora_scale <= 0:
+            bad("lora_scale", "must be > 0")
+        if self.lora_alpha <= 0:
+            bad("lora_alpha", "must be > 0")
         return self
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warm-up steps of a run of ``total_steps``: ``warmup_steps`` when set, else
+        ``min(150, 10% of total_steps)`` (150 is the paper's value; a short run still reaches its lr)."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return min(DEFAULT_WARMUP, int(0.1 * total_steps))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
-        """Build from a dict whose keys are option names (``-`` or ``_``); unknown keys raise."""
-        return cls(**normalize_keys(d, source))
+        """Build from a dict whose keys are option names (``-`` or ``_``), values converted and checked.
+
+        Raises:
+            UserError: an unknown key (with the closest names) or a value of the wrong type.
+        """
+        return cls(**convert_config(d, source)).validate()
+
+
+def option_name(name: str) -> str:
+    """``lora_rank`` -> ``--lora-rank``."""
+    return "--" + name.replace("_", "-")
 
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+_TRUE = ("true", "yes", "on", "1", "y")
+_FALSE = ("false", "no", "off", "0", "n", "none")
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def field_type(name: str) -> tuple[type, bool]:
+    """(base type, optional) of a TrainConfig field: ``int | None`` -> (int, True)."""
+    tp = _HINTS[name]
+    args = typing.get_args(tp)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return tp, False
+
+
+def _describe(value) -> str:
+    return "null" if value is None else f"{value!r} ({type(value).__name__})"
+
+
+def convert_value(name: str, value, where: str | None = None):
+    """``value`` converted to the type of TrainConfig field ``name`` and checked against its choices.
+
+    int: ints, integral floats, and strings of them (``"8"``, ``"1e3"``); never a bool.
+    float: numbers and numeric strings (YAML 1.1 reads ``1e-4`` as a string); finite only.
+    bool: true/false, and the strings yes/no, on/off, true/false, 1/0 (any case); nothing else.
+    list: a list of strings, or one string split at spaces/commas. Optional fields take null.
+    ``resume``: true -> ``"latest"``, false -> None.
+
+    Raises:
+        UserError: ``"<where>: expected <type>, got <value>"`` (``where`` defaults to the option name).
+    """
+    where = where or option_name(name)
+    tp, optional = field_type(name)
+    if name == "resume" and isinstance(value, bool):
+        return "latest" if value else None
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{where}: needs a value ({tp.__name__}), got null")
+
+    def wrong(what):
+        return UserError(f"{where}: expected {what}, got {_describe(value)}")
+
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise wrong("true or false (yes/no, on/off)")
+    if tp is int:
+        if isinstance(value, bool):
+            raise wrong("an integer")
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip()) if any(c in value for c in ".eE") else int(value.strip())
+            except ValueError:
+                raise wrong("an integer") from None
+        if isinstance(number, float) and number.is_integer():
+            number = int(number)
+        if not isinstance(number, int):
+            raise wrong("an integer")
+        value = number
+    elif tp is float:
+        if isinstance(value, bool):
+            raise wrong("a number")
+        try:
+            number = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise wrong("a number") from None
+        if not math.isfinite(number):
+            raise wrong("a finite number")
+        value = number
+    elif tp is list:
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise wrong("a list of names")
+        value = list(value)
+    elif tp is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise wrong("a string")
+        value = str(value)
+    choices = _FIELDS[name].metadata.get("choices")
+    if choices and value not in choices:
+        raise UserError(
+            f"{where}: {value!r} is not one of {', '.join(map(str, choices))}" + did_you_mean(str(value), choices)
+        )
+    return value
+
+
 def normalize_keys(d: dict, source: str = "config") -> dict:
     """Map ``lora-rank`` / ``lora_rank`` keys to field names.
 
     Raises:
-        ValueError: an unknown key (named with ``source`` and the closest valid names).
+        UserError: an unknown key (named with ``source`` and the closest valid names).
     """
-    import difflib
-
-    names = set(field_names())
+    names = field_names()
     out = {}
     for k, v in (d or {}).items():
         key = str(k).strip().lstrip("-").replace("-", "_")
         if key not in names:
-            close = difflib.get_close_matches(key, sorted(names), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"{source}: unknown option {k!r}{hint}")
+            raise UserError(f"{source}: unknown option {k!r}" + did_you_mean(key, names))
+        if key in out:
+            raise UserError(f"{source}: option {key!r} is given twice (as - and _ spellings)")
         out[key] = v
     return out
 
 
+def convert_config(d: dict, source: str = "config") -> dict:
+    """:func:`normalize_keys` then :func:`convert_value` on each value; errors name ``source`` and the key."""
+    return {k: convert_value(k, v, f"{source}: {k}") for k, v in normalize_keys(d, source).items()}
+
+
 def load_config_file(path: str | os.PathLike) -> dict:
-    """Read a YAML (or JSON) config file into a dict of field names -> values.
+    """Read a YAML (or JSON) config file into a dict of field names -> converted values.
 
     Raises:
-        FileNotFoundError, ValueError: unreadable file, not a mapping, or an unknown key.
+        NotFoundError: no such file; UserError: unreadable or not UTF-8, not valid YAML/JSON, not
+        a mapping, an unknown key or a value of the wrong type (the file and key named).
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    text = read_text(path, "config file", "--config")
     if path.endswith(".json"):
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     else:
         import yaml
 
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from e
+            mark = getattr(e, "problem_mark", None)
+            at = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UserError(f"{path}{at}: not valid YAML ({problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: the config file must be a mapping of option: value, got {type(data).__name__}")
-    return normalize_keys(data, source=path)
+        raise UserError(f"{path}: the config file must be a mapping of option: value, got {type(data).__name__}")
+    return convert_config(data, source=path)

@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 import mlx.core as mx
 import numpy as np
 
+from .errors import NotFoundError, UserError
+
 KL_DIRECTION = "KL(pi_theta || pi_ref), summed over generated tokens, on samples from pi_theta"
 
 
@@ -550,14 +552,14 @@ def read_prompts(path) -> list[str]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f'{path}:{n}: not valid JSON ({e.msg}); expected {{"prompt": "..."}}') from e
+                raise UserError(f'{path}:{n}: not valid JSON ({e.msg}); expected {{"prompt": "..."}}') from e
             if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-                raise ValueError(f"{path}:{n}: expected an object with a string 'prompt' field")
+                raise UserError(f"{path}:{n}: expected an object with a string 'prompt' field")
             prompts.append(rec["prompt"])
         else:
             prompts.append(line.rstrip("\r"))
     if not prompts:
-        raise ValueError(f"{path}: no prompts found (one per line, or JSON lines with a 'prompt' field)")
+        raise UserError(f"{path}: no prompts found (one per line, or JSON lines with a 'prompt' field)")
     return prompts
 
 
@@ -588,7 +590,7 @@ def load_model(model: str, adapter_path=None):
         ap = pathlib.Path(adapter_path)
         for name in ("adapters.safetensors", "adapter_config.json"):
             if not (ap / name).is_file():
-                raise FileNotFoundError(
+                raise NotFoundError(
                     f"{ap / name} not found: --adapter-path must be the output folder of a finished "
                     "tdpo-mlx train run (adapters.safetensors + adapter_config.json)"
                 )
@@ -622,13 +624,13 @@ def load_adapter_weights(model, path) -> None:
     params = dict(tree_flatten(model.parameters()))
     missing = [k for k in weights if k not in params]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{path}: {len(missing)} adapter tensors do not exist in the model, e.g. {missing[:3]} "
             "(were the adapters trained on another model or LoRA layout?)"
         )
     bad = [k for k, v in weights.items() if tuple(v.shape) != tuple(params[k].shape)]
     if bad:
-        raise ValueError(f"{path}: shape mismatch for {bad[:3]}")
+        raise UserError(f"{path}: shape mismatch for {bad[:3]}")
     model.load_weights(list(weights.items()), strict=False)
 
 

@@ -11,6 +11,8 @@ import contextlib
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
+from .errors import NotFoundError, UserError
+
 
 def adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(path, module) of every mlx-lm LoRA/DoRA wrapper (anything with a ``.linear`` base and
@@ -90,7 +92,7 @@ def parse_dtype(dtype):
     try:
         return names[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16") from None
+        raise UserError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16") from None
 
 
 def _load_base(path: str, dtype, quantize):
@@ -105,7 +107,7 @@ def _load_base(path: str, dtype, quantize):
     if quantize is not None:
         bits = int(quantize)
         if bits not in (4, 8):
-            raise ValueError(f"quantize must be 4 or 8 bits, got {quantize!r}")
+            raise UserError(f"quantize must be 4 or 8 bits, got {quantize!r}")
 
         def predicate(_path, m):
             return type(m) in (nn.Linear, nn.Embedding) and m.weight.shape[-1] % QUANT_GROUP_SIZE == 0
@@ -150,7 +152,7 @@ def resolve_lora_keys(model: nn.Module, keys) -> list[str]:
     for k in wanted:
         hits = [a for a in available if a == k or a.endswith("." + k)]
         if not hits:
-            raise ValueError(
+            raise UserError(
                 f"LoRA key {k!r} matches no linear layer in the model's blocks; available: {', '.join(available)}"
             )
         out.extend(h for h in hits if h not in out)
@@ -191,16 +193,16 @@ def attach_adapters(
 
     n_blocks = len(model.layers)
     if lora_rank < 1:
-        raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
+        raise UserError(f"lora_rank must be >= 1, got {lora_rank}")
     if lora_layers == 0 or lora_layers < -1 or lora_layers > n_blocks:
-        raise ValueError(f"lora_layers must be -1 (all) or 1..{n_blocks} for this model, got {lora_layers}")
+        raise UserError(f"lora_layers must be -1 (all) or 1..{n_blocks} for this model, got {lora_layers}")
     keys = resolve_lora_keys(model, lora_keys)
     scale = float(lora_scale) if lora_scale is not None else float(lora_alpha) / float(lora_rank)
     params = {"rank": int(lora_rank), "scale": scale, "dropout": float(lora_dropout), "keys": keys}
     model.freeze()
     linear_to_lora_layers(model, int(lora_layers), params, use_dora=bool(dora))
     if not adapter_modules(model):
-        raise ValueError(f"no LoRA layer was attached (keys {keys}, layers {lora_layers})")
+        raise UserError(f"no LoRA layer was attached (keys {keys}, layers {lora_layers})")
     return {"fine_tune_type": "dora" if dora else "lora", "num_layers": int(lora_layers), "lora_parameters": params}
 
 
@@ -247,7 +249,7 @@ def load_policy(
 
         cfg_file = Path(adapter_path) / "adapter_config.json"
         if not cfg_file.is_file():
-            raise FileNotFoundError(f"no adapter_config.json in {adapter_path} (an mlx-lm adapter directory)")
+            raise NotFoundError(f"no adapter_config.json in {adapter_path} (an mlx-lm adapter directory)")
         full = json.loads(cfg_file.read_text(encoding="utf-8"))
         m.freeze()
         load_adapters(m, str(adapter_path))  # new LoRA factors are trainable, the base stays frozen

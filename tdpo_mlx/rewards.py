@@ -21,12 +21,14 @@ import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
+from .errors import UserError
+
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 
 BUILTIN_REWARDS = ("sentiment",)
 
 
-class RewardSpecError(ValueError):
+class RewardSpecError(UserError):
     """A reward spec that cannot be turned into a callable; the message says how to fix it."""
 
 
@@ -134,12 +136,12 @@ def _checked(fn, spec: str) -> RewardFn:
         try:
             values = [float(v) for v in out]
         except (TypeError, ValueError) as e:
-            raise ValueError(f"reward {spec!r} must return a sequence of floats, got {type(out).__name__}") from e
+            raise RewardSpecError(f"reward {spec!r} must return a sequence of floats, got {type(out).__name__}") from e
         if len(values) != len(completions):
-            raise ValueError(f"reward {spec!r} returned {len(values)} values for {len(completions)} completions")
+            raise RewardSpecError(f"reward {spec!r} returned {len(values)} values for {len(completions)} completions")
         bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
         if bad:
-            raise ValueError(f"reward {spec!r} returned non-finite values at positions {bad[:5]}")
+            raise RewardSpecError(f"reward {spec!r} returned non-finite values at positions {bad[:5]}")
         return values
 
     reward.spec = spec

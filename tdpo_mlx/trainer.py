@@ -215,7 +215,7 @@ def build_optimizer(config: TrainConfig, total_steps: int) -> optim.Optimizer:
     rmsprop: alpha 0.99, eps 1e-8 (PyTorch defaults, the paper's optimizer); adam/adamw with
     bias correction (as PyTorch); adamw uses ``config.weight_decay``; sgd without momentum.
     """
-    sched = build_schedule(config.lr, config.warmup_steps, config.lr_schedule, total_steps)
+    sched = build_schedule(config.lr, config.warmup_for(total_steps), config.lr_schedule, total_steps)
     name = config.optimizer
     if name == "rmsprop":
         return optim.RMSprop(learning_rate=sched, alpha=0.99, eps=1e-8)

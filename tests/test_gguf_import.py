@@ -636,7 +636,7 @@ def test_cli_import_gguf(tmp_path, capsys):
 
     assert mx.load(str(out / "model.safetensors"))["model.norm.weight"].dtype == mx.bfloat16
     # existing output without --force: error exit, message names the fix
-    assert main(["import-gguf", str(src), "--out", str(out)]) == 1
+    assert main(["import-gguf", str(src), "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
 
 

@@ -59,12 +59,13 @@ def test_help_lists_every_option_with_its_default(capsys):
         assert opt in text, opt
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in text
-    assert flat.count("(default:") >= len(dataclasses.fields(TrainConfig))
+    with_default = [f for f in dataclasses.fields(TrainConfig) if f.default is not None]
+    assert flat.count("(default:") == len(with_default)  # each shown once; None ones say what happens
+    assert "(default: None)" not in flat and "min(150, 10% of the run's steps)" in flat
     for snippet in (
         "(default: 0.1)",
         "(default: 0.5)",
         "(default: rmsprop)",
-        "(default: 150)",
         "(default: 512)",
         "(default: 256)",
         "(default: 10.0)",
@@ -76,15 +77,18 @@ def test_help_lists_every_option_with_its_default(capsys):
 
 def test_paper_defaults():
     c = TrainConfig()
-    assert (c.beta, c.alpha, c.optimizer, c.warmup_steps, c.max_length, c.max_prompt_length, c.max_grad_norm) == (
+    assert (c.beta, c.alpha, c.optimizer, c.max_length, c.max_prompt_length, c.max_grad_norm) == (
         0.1,
         0.5,
         "rmsprop",
-        150,
         512,
         256,
         10.0,
     )
+    # the paper's 150 warm-up steps, capped at 10% of a short run's steps unless set
+    assert c.warmup_steps is None
+    assert [c.warmup_for(n) for n in (3, 12, 30, 1000, 1500, 5000)] == [0, 1, 3, 100, 150, 150]
+    assert TrainConfig(warmup_steps=40).warmup_for(3) == 40
 
 
 def test_config_file_then_command_line_overrides(tmp_path):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import HelpFormatter
+
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     """The data options shared with ``train`` (names = :func:`load_preference_data` keywords)."""
@@ -39,14 +41,12 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "data", help="inspect preference data", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = subparsers.add_parser("data", help="inspect preference data", formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     q = sub.add_parser(
         "inspect",
         help="show the first records as the model sees them, then the summary",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     q.add_argument(
         "--model", required=True, help="model directory, Hugging Face id or named source (its tokenizer is used)"

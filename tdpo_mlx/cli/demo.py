@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import sys
 
+from .common import HelpFormatter
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -15,7 +17,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "preference pairs by VADER sentiment, trains DPO/TDPO1/TDPO2 LoRA adapters with the same budget, "
         "evaluates them on held-out openers and writes report.md with reward-vs-KL and KL-curve plots. "
         "Rerun the same command to resume an interrupted run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", default="tdpo-demo", help="output folder (resumes a run found there)")
     p.add_argument("--quick", action="store_true", help="small preset: under 10 minutes on 2 CPU cores")

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .common import HelpFormatter
+
 #: Below this float32 matmul throughput (GFLOP/s) on the CPU backend, training is impractically slow.
 SLOW_GFLOPS = 30.0
 
@@ -19,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "float32 matmul throughput, and what to install when it is slow. With --compare, also "
             "measure the mlx wheel's own BLAS in a subprocess (TDPO_MLX_BLAS=none) and print the ratio."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--size", type=int, default=1024, help="square matmul size n (2 n^3 flops)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats (best is reported)")

@@ -7,6 +7,8 @@ import json
 import pathlib
 import sys
 
+from .common import HelpFormatter
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from .generate import add_sampling_options
@@ -18,7 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "on held-out prompts; report mean reward, sequence KL(pi_theta || pi_ref) on the policy's "
         "samples (sum over generated tokens of the full-vocabulary KL), the policy's per-token "
         "entropy, the win rate over the reference (ties count half) and distinct-1/2.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="gemma3-270m", help="base model (dir, hub id, or 'gemma3-270m')")
     p.add_argument("--adapter-path", default=None, help="trained adapters (omit to evaluate the base model)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import HelpFormatter
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -15,7 +17,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "dequantized base and save a transformers model (--to hf) or an mlx-lm model (--to mlx, "
             "optionally re-quantized). Every export gets a model card (README.md)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", required=True, help="mlx-lm base model directory (or named source, e.g. gemma3-270m)")
     p.add_argument("--adapter-path", default=None, help="mlx-lm adapter directory (required for --to peft)")
@@ -53,28 +55,23 @@ def run(args) -> int:
 
     import tdpo_mlx  # noqa: F401  (fast BLAS before mlx.core)
     from tdpo_mlx.export import export
-    from tdpo_mlx.export.names import UnsupportedExportError
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # collected in result.warnings and printed below
-        try:
-            result = export(
-                args.model,
-                args.adapter_path,
-                to=args.to,
-                out=args.out,
-                dtype=args.dtype,
-                quantize=args.quantize,
-                group_size=args.q_group_size,
-                base_model_name=args.base_model_name,
-                max_shard_size=args.max_shard_size,
-                push_to_hub=args.push_to_hub,
-                private=args.private,
-                overwrite=args.overwrite,
-            )
-        except (UnsupportedExportError, FileNotFoundError, FileExistsError, ValueError) as e:
-            print(f"tdpo-mlx export: error: {e}", file=sys.stderr)
-            return 2
+        result = export(
+            args.model,
+            args.adapter_path,
+            to=args.to,
+            out=args.out,
+            dtype=args.dtype,
+            quantize=args.quantize,
+            group_size=args.q_group_size,
+            base_model_name=args.base_model_name,
+            max_shard_size=args.max_shard_size,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+            overwrite=args.overwrite,
+        )
     for w in result.warnings[:10]:
         print(f"warning: {w}", file=sys.stderr)
     if len(result.warnings) > 10:

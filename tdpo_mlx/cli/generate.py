@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .common import HelpFormatter
+
 
 def add_sampling_options(p, *, max_tokens: int, batch_size: int) -> None:
     """Sampling options shared by ``generate`` and ``eval`` (mlx-lm's sampler settings)."""
@@ -22,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="sample completions from a model (+ adapters)",
         description="Sample completions for one prompt or a file of prompts (one per line, or JSON "
         "lines with a 'prompt' field), batched with mlx-lm. Prompts are fed as raw text.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="gemma3-270m", help="mlx-lm model dir, hub id, or 'gemma3-270m'")
     p.add_argument("--adapter-path", default=None, help="folder with adapters.safetensors from tdpo-mlx train")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
+
+from .common import HelpFormatter
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             f"tokenizer files). Architectures: {', '.join(SUPPORTED_ARCHITECTURES)}. "
             f"Named sources: {', '.join(f'{k} ({v[1]})' for k, v in NAMED_SOURCES.items())}."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("source", metavar="SOURCE", help="path to a .gguf file, or a named source such as gemma3-270m")
     p.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
@@ -49,21 +50,17 @@ def _dir_size(path: Path) -> int:
 def run(args: argparse.Namespace) -> int:
     import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
 
-    from ..gguf import GGUFImportError, import_gguf
+    from ..gguf import import_gguf
 
     t0 = time.perf_counter()
-    try:
-        out = import_gguf(
-            args.source,
-            args.out,
-            dtype=args.dtype,
-            quantize=args.quantize,
-            group_size=args.group_size,
-            overwrite=args.force,
-        )
-    except (FileNotFoundError, FileExistsError, GGUFImportError, ValueError) as e:
-        print(f"import-gguf: error: {e}", file=sys.stderr)
-        return 1
+    out = import_gguf(
+        args.source,
+        args.out,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        group_size=args.group_size,
+        overwrite=args.force,
+    )
     secs = time.perf_counter() - t0
     size = _dir_size(out)
     print(f"imported {args.source} -> {out} in {secs:.1f} s ({size / 2**20:.1f} MiB)")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+
 FORMATS = ("auto", "standard", "implicit", "conversational")
 _FORMAT_ALIASES = {
     "hh": "implicit",
@@ -48,7 +50,7 @@ _KEY_OPTION = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data; the message names the file/line or record and the fix."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 # Re-exported for the exporters: the shared atomic writers.
 from ..atomic import atomic_directory, copy_file, save_safetensors, write_bytes, write_json, write_text  # noqa: F401
+from ..errors import UserError
 
 # Tokenizer and chat-template files copied next to exported weights when present.
 TOKENIZER_FILES = (
@@ -39,7 +40,7 @@ def parse_size(text: str | int) -> int:
     try:
         return int(s)
     except ValueError:
-        raise ValueError(f"size {text!r}: use a byte count or a number with KB/MB/GB/KiB/MiB/GiB") from None
+        raise UserError(f"--max-shard-size {text!r}: use a byte count or a number with KB/MB/GB/KiB/MiB/GiB") from None
 
 
 def save_sharded(out: Path, weights: dict, max_shard_bytes: int, metadata: dict | None = None) -> list[str]:

@@ -15,6 +15,8 @@ computes ``x * (1 + w)``), so no shift is undone here.
 
 from __future__ import annotations
 
+from ..errors import UserError
+
 # mlx-lm model_type -> transformers architecture class name (config.json "architectures").
 ARCHITECTURES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
@@ -33,7 +35,7 @@ _KNOWN_UNSUPPORTED: dict[str, str] = {
 }
 
 
-class UnsupportedExportError(ValueError):
+class UnsupportedExportError(UserError):
     """An adapter or model that has no safe mapping to the requested Hugging Face layout."""
 
 

