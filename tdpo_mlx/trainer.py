@@ -259,40 +259,10 @@ def split_holdout(pairs, fraction: float, seed: int = 0):
 
 
 def load_data(config: TrainConfig, tokenizer, log=print):
-    """Training and held-out :class:`EncodedPair` lists from ``config.data`` / ``config.eval_data``.
+    """Training and held-out :class:`EncodedPair` lists (:func:`tdpo_mlx.data.load_train_eval`)."""
+    from .data import load_train_eval
 
-    Raises:
-        ValueError: no ``--data``; RuntimeError: the data loader is not available.
-    """
-    from . import data
-
-    if not config.data:
-        raise ValueError("--data is required: a preference data file, directory or hub dataset")
-    load = getattr(data, "load_preference_data", None)
-    if load is None:
-        raise RuntimeError("tdpo_mlx.data.load_preference_data is not available in this build")
-    kw = dict(
-        tokenizer=tokenizer,
-        max_length=config.max_length,
-        max_prompt_length=config.max_prompt_length,
-        truncation_mode=config.truncation_mode,
-    )
-    pairs, summary = load(config.data, split=config.split, **kw)
-    log(f"train data {config.data}: " + _summary_text(summary))
-    if config.eval_data:
-        eval_pairs, es = load(config.eval_data, split=config.split, **kw)
-        log(f"eval data {config.eval_data}: " + _summary_text(es))
-        train_pairs = pairs
-    else:
-        train_pairs, eval_pairs = split_holdout(pairs, config.eval_fraction, config.seed)
-        if eval_pairs:
-            log(
-                f"held out {len(eval_pairs)} of {len(pairs)} pairs for evaluation (--eval-fraction {config.eval_fraction})"
-            )
-    if config.max_eval_pairs and len(eval_pairs) > config.max_eval_pairs:
-        eval_pairs = eval_pairs[: config.max_eval_pairs]
-        log(f"evaluating on the first {config.max_eval_pairs} held-out pairs (--max-eval-pairs)")
-    return train_pairs, eval_pairs
+    return load_train_eval(config, tokenizer, log=log)
 
 
 def _summary_text(summary) -> str:

@@ -8,7 +8,7 @@
 
 from .batches import Batch, BatchIterator, EncodedPair, make_batch, response_target_mask
 from .encode import DataSummary, TokenRules
-from .load import load_preference_data, split_holdout
+from .load import load_preference_data, load_train_eval, split_holdout
 from .sources import DataError
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "EncodedPair",
     "TokenRules",
     "load_preference_data",
+    "load_train_eval",
     "make_batch",
     "response_target_mask",
     "split_holdout",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+from ..errors import UserError
 from .batches import EncodedPair
 from .encode import (
     HH_MARKER,
@@ -19,7 +20,7 @@ from .encode import (
     encode_text_record,
     truncate_pair,
 )
-from .sources import DataError, RecordRefused, detect_format, normalize_format, read_rows, to_record
+from .sources import DataError, RecordRefused, detect_format, has_split, normalize_format, read_rows, to_record
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +189,86 @@ def split_holdout(pairs, fraction: float, seed: int = 0) -> tuple[list, list]:
     k = min(max(int(round(fraction * n)), 1), n - 1)
     held = set(np.random.default_rng([seed, 7919]).permutation(n)[:k].tolist())
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+
+
+EVAL_SPLITS = ("valid", "test")  # mlx-lm's order
+
+
+def data_options(config) -> dict:
+    """The :func:`load_preference_data` keywords held by a :class:`tdpo_mlx.config.TrainConfig`."""
+    names = (
+        "max_length",
+        "max_prompt_length",
+        "truncation_mode",
+        "data_format",
+        "prompt_key",
+        "chosen_key",
+        "rejected_key",
+        "system_key",
+        "chat_template",
+    )
+    return {k: getattr(config, k) for k in names}
+
+
+def load_train_eval(config, tokenizer, log=print) -> tuple[list[EncodedPair], list[EncodedPair]]:
+    """Training and evaluation pairs of a training run, with its data options.
+
+    - ``--data FILE`` (or hub id) and no ``--eval-data``: ``--eval-fraction`` of it is held out.
+    - ``--data DIR`` with a ``valid`` (else ``test``) split beside ``train``: that split is the
+      evaluation set, as in mlx-lm; without one, a fraction of train is held out.
+    - ``--eval-data``: a file is evaluated whole; a directory or dataset on its ``valid``
+      (else ``test``) split, never its ``train`` split.
+    ``--max-eval-pairs`` keeps the first pairs of the evaluation set.
+
+    Raises:
+        UserError: no ``--data``; ``--eval-data`` folder with neither split; any data error.
+    """
+    if not config.data:
+        raise UserError("--data is required: a preference data file, directory or hub dataset")
+    kw = dict(tokenizer=tokenizer, **data_options(config))
+    pairs, summary = load_preference_data(config.data, split=config.split, **kw)
+    log(f"train data {config.data}: " + summary.format())
+    train_pairs, eval_pairs = pairs, []
+    if config.eval_data:
+        eval_pairs = _load_eval(config.eval_data, "--eval-data", kw, log)
+    else:
+        held = next((s for s in EVAL_SPLITS if s != config.split and has_split(config.data, s)), None)
+        if held is not None:
+            eval_pairs = _load_eval(config.data, "--data", kw, log, split=held)
+        else:
+            train_pairs, eval_pairs = split_holdout(pairs, config.eval_fraction, config.seed)
+            if eval_pairs:
+                log(
+                    f"held out {len(eval_pairs)} of {len(pairs)} pairs for evaluation "
+                    f"(--eval-fraction {config.eval_fraction})"
+                )
+    if config.max_eval_pairs and len(eval_pairs) > config.max_eval_pairs:
+        eval_pairs = eval_pairs[: config.max_eval_pairs]
+        log(f"evaluating on the first {config.max_eval_pairs} held-out pairs (--max-eval-pairs)")
+    return train_pairs, eval_pairs
+
+
+def _load_eval(source, option: str, kw: dict, log, split: str | None = None) -> list[EncodedPair]:
+    if split is None:
+        from pathlib import Path
+
+        path = Path(str(source)).expanduser()
+        if path.is_file():
+            split = "train"  # a single file: all of it
+        elif not path.exists():  # a hub dataset: its valid split, else its test split
+            try:
+                return _load_eval(source, option, kw, log, split="valid")
+            except DataError as e:
+                if "has no split" not in str(e):
+                    raise
+                return _load_eval(source, option, kw, log, split="test")
+        else:
+            split = next((s for s in EVAL_SPLITS if has_split(source, s)), None)
+            if split is None:
+                raise UserError(
+                    f"{option} {source}: has no valid or test split to evaluate on "
+                    "(give a file, or a folder with valid.jsonl / test.jsonl)"
+                )
+    pairs, summary = load_preference_data(source, split=split, **kw)
+    log(f"eval data {source} [{split}]: " + summary.format())
+    return pairs

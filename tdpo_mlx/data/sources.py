@@ -224,6 +224,22 @@ def _load_hub(name: str, split: str) -> Rows:
     raise DataError(f"dataset {name!r} has no split {split!r} (tried {tried}); pass split=... (--split)")
 
 
+def has_split(data, split: str) -> bool:
+    """Whether a local directory (file per split, or a ``datasets`` folder) or a hub dataset id
+    has ``split`` (aliases count). A single file or in-memory rows: False."""
+    if not isinstance(data, (str, os.PathLike)):
+        return False
+    path = Path(data).expanduser()
+    if path.is_dir():
+        if _split_file(path, split) is not None:
+            return True
+        if (path / "dataset_dict.json").is_file():
+            names = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+            return any(s in names for s in SPLIT_ALIASES.get(split, (split,)))
+        return False
+    return False
+
+
 def read_rows(data, split: str = "train") -> Rows:
     """Read the raw rows of a preference data source.
 
