@@ -28,6 +28,7 @@ ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
 LATEST = "latest.json"
 CHECKPOINTS = "checkpoints"
 
@@ -88,6 +89,17 @@ def save_checkpoint(
         for p in old[: max(0, len(old) - (keep - 1))]:
             shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+def read_metrics(path, upto_step: int | None = None) -> list[dict]:
+    """Records of a ``metrics.jsonl`` file in order, those after ``upto_step`` left out
+    (a resumed run drops what the interrupted run logged past its checkpoint); [] if absent."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    return [r for r in records if upto_step is None or r.get("step", 0) <= upto_step]
 
 
 def find_checkpoint(resume: str, adapter_path) -> Path:

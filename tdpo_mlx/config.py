@@ -36,6 +36,7 @@ LR_SCHEDULES = ("constant", "cosine")
 TRUNCATION_MODES = ("keep_end", "keep_start")
 DATA_FORMATS = ("auto", "standard", "implicit", "conversational")
 DEFAULT_WARMUP = 150  # the paper's warm-up steps
+REPORT_TO = ("wandb", "tensorboard")
 
 
 def _f(default, help, **kw):
@@ -123,6 +124,12 @@ class TrainConfig:
     adapter_path: str = _f("adapters", "output directory: adapters, adapter_config.json, metrics.jsonl, checkpoints")
     resume: str | None = _f(None, "resume from a checkpoint directory, or from ADAPTER_PATH's latest with 'latest'")
     progress: bool = _f(True, "show a progress bar")
+    report_to: list | None = _f(
+        None,
+        "also send metrics to: wandb (WANDB_MODE=offline keeps it local), tensorboard (ADAPTER_PATH/tensorboard)",
+        nargs="+",
+        metavar="TARGET",
+    )
 
     def validate(self) -> TrainConfig:
         """Convert every field to its type (:func:`convert_value`) and check ranges and choices; returns self.
@@ -144,6 +151,9 @@ class TrainConfig:
                 bad(name, "must be >= 0")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             bad("warmup_steps", "must be >= 0")
+        for target in self.report_to or ():
+            if target not in REPORT_TO:
+                bad("report_to", f"{target!r} is not one of {', '.join(REPORT_TO)}")
         if self.steps_per_report < 1:
             bad("steps_per_report", "must be >= 1")
         if self.iters is not None and self.iters < 1:

@@ -19,13 +19,12 @@ Metrics use TRL's names (``loss``, ``rewards/chosen`` ...) plus ``kl/chosen``, `
 
 from __future__ import annotations
 
-import json
 import math
 import signal
-import sys
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
@@ -33,18 +32,23 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
-from .atomic import write_json, write_jsonl
+from .atomic import write_json
+from .backend import peak_memory_gb
 from .checkpoint import (
     ADAPTER_CONFIG,
+    METRICS_FILE,
     find_checkpoint,
     load_checkpoint,
+    read_metrics,
     save_adapters,
     save_checkpoint,
 )
 from .config import TrainConfig
-from .data import BatchIterator, make_batch
+from .data import BatchIterator, load_train_eval, make_batch
 from .fast_stats import batch_statistics, enable_grad_checkpoint
 from .losses import pair_metrics, preference_loss
+from .models import count_trainable, load_policy, load_reference
+from .report import Reporters, check_report_to, make_reporters, say
 from .stats import split_pairs
 
 __all__ = [
@@ -55,9 +59,11 @@ __all__ = [
     "accumulate_gradients",
     "build_schedule",
     "build_optimizer",
+    "clip_gradients",
     "evaluate",
-    "load_data",
-    "split_holdout",
+    "Run",
+    "setup",
+    "train_step",
     "train",
 ]
 
@@ -73,7 +79,6 @@ METRIC_KEYS = (
     "kl/rejected",
     "kl/margin",
 )
-METRICS_FILE = "metrics.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -91,14 +96,6 @@ class NonFiniteLossError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Loss over one batch and gradient accumulation
 # --------------------------------------------------------------------------------------------
-
-
-def _statistics(model, batch, reference_model=None, average_log_prob=False, differentiable=True):
-    """Per-sequence statistics of a batch through :func:`tdpo_mlx.fast_stats.batch_statistics`
-    (response-only LM head; ``differentiable=False`` skips the work only backward needs)."""
-    return batch_statistics(
-        model, batch, reference_model=reference_model, average_log_prob=average_log_prob, differentiable=differentiable
-    )
 
 
 def batch_loss(
@@ -128,7 +125,7 @@ def batch_loss(
         ``(loss, sums)``: loss a scalar float32 = sum_i loss_i / total_pairs; ``sums`` a dict of
         scalar sums over the B pairs for each key of :data:`METRIC_KEYS` (stop-gradient).
     """
-    stats = _statistics(
+    stats = batch_statistics(
         model, batch, reference_model=reference_model, average_log_prob=average_log_prob, differentiable=differentiable
     )
     chosen, rejected = split_pairs(stats)
@@ -143,13 +140,24 @@ def batch_loss(
 class StepResult:
     """Output of :func:`accumulate_gradients`: ``loss`` (mean over pairs, float), ``grads``
     (tree like ``model.trainable_parameters()``), ``sums`` (metric sums over pairs, floats),
-    ``n_pairs`` and ``n_tokens`` (real tokens in the micro-batches)."""
+    ``n_pairs`` and ``n_tokens`` (real tokens in the micro-batches); :func:`train_step` adds
+    ``grad_norm`` (before clipping) and ``seconds`` (wall time of the step)."""
 
     loss: float
     grads: dict
     sums: dict
     n_pairs: int
     n_tokens: int
+    grad_norm: float = float("nan")
+    seconds: float = 0.0
+
+    def progress(self) -> dict:
+        """What the progress bar shows: loss, accuracy, tokens per second of this step."""
+        return {
+            "loss": self.loss,
+            "accuracy": self.sums["rewards/accuracies"] / self.n_pairs,
+            "tokens_per_second": self.n_tokens / max(self.seconds, 1e-9),
+        }
 
 
 def accumulate_gradients(model, batches, **loss_kw) -> StepResult:
@@ -228,48 +236,6 @@ def build_optimizer(config: TrainConfig, total_steps: int) -> optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}; choose rmsprop, adamw, adam or sgd")
 
 
-def _global_norm(grads) -> mx.array:
-    return mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)))
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-def split_holdout(pairs, fraction: float, seed: int = 0):
-    """Deterministically hold out ``round(fraction * n)`` pairs (at least 1 when fraction > 0).
-
-    Uses :func:`tdpo_mlx.data.split_holdout` when the data module provides it.
-    Returns ``(train, heldout)``, each in the original order.
-    """
-    from . import data
-
-    own = getattr(data, "split_holdout", None)
-    if own is not None:
-        return own(pairs, fraction, seed)
-    import numpy as np
-
-    pairs = list(pairs)
-    if fraction <= 0 or len(pairs) < 2:
-        return pairs, []
-    k = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
-    held = set(np.random.default_rng([seed, 7919]).permutation(len(pairs))[:k].tolist())
-    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
-
-
-def load_data(config: TrainConfig, tokenizer, log=print):
-    """Training and held-out :class:`EncodedPair` lists (:func:`tdpo_mlx.data.load_train_eval`)."""
-    from .data import load_train_eval
-
-    return load_train_eval(config, tokenizer, log=log)
-
-
-def _summary_text(summary) -> str:
-    fmt = getattr(summary, "format", None)
-    return fmt() if callable(fmt) else str(summary)
-
-
 def _pad_id(tokenizer) -> int:
     for name in ("pad_token_id", "eos_token_id"):
         v = getattr(tokenizer, name, None) if tokenizer is not None else None
@@ -305,8 +271,275 @@ def evaluate(model, batches, *, prefix="eval_", **loss_kw) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# The loop
+# The run: setup, one step, the loop
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything a training run carries between steps (built by :func:`setup`)."""
+
+    config: TrainConfig
+    model: nn.Module
+    optimizer: optim.Optimizer
+    batches: BatchIterator
+    eval_batches: list
+    loss_kw: dict
+    out_dir: Path
+    adapter_config: dict
+    total_steps: int
+    step: int = 0
+    checkpoint: str | None = None
+    history: list = field(default_factory=list)  # metric records of earlier runs (resume)
+    last: dict = field(default_factory=lambda: {"train": {}, "eval": {}})  # last records logged by this run
+
+    @property
+    def epoch(self) -> float:
+        """Fractional epochs of training batches served so far."""
+        return self.batches.epoch + self.batches.position / max(1, self.batches.batches_per_epoch)
+
+
+def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, train_pairs=None, eval_pairs=None) -> Run:
+    """Load what :func:`train` needs (see its arguments), restore a checkpoint on ``config.resume``,
+    write ``adapter_config.json``; returns the :class:`Run`."""
+    config.validate()
+    check_report_to(config.report_to)
+    out_dir = Path(config.adapter_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mx.random.seed(config.seed)
+    if model is None:
+        model, tokenizer = load_policy(
+            config.model,
+            lora_rank=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_scale=config.lora_scale,
+            lora_dropout=config.lora_dropout,
+            lora_layers=config.lora_layers,
+            lora_keys=config.lora_keys,
+            dora=config.dora,
+            quantize=config.quantize,
+            dtype=config.dtype,
+        )
+    if reference is None and config.ref_model:
+        reference = load_reference(config.ref_model, quantize=config.quantize, dtype=config.dtype)
+    if train_pairs is None:
+        train_pairs, loaded_eval = load_train_eval(config, tokenizer, log=say)
+        eval_pairs = loaded_eval if eval_pairs is None else eval_pairs
+    if config.grad_checkpoint:
+        enable_grad_checkpoint(model)
+    pad_id = _pad_id(tokenizer)
+    batches = BatchIterator(train_pairs, config.batch_size, seed=config.seed, pad_id=pad_id)
+    eval_pairs = list(eval_pairs or [])
+    eval_batches = [
+        make_batch(eval_pairs[i : i + config.batch_size], pad_id) for i in range(0, len(eval_pairs), config.batch_size)
+    ]
+    total = _total_steps(config, batches.batches_per_epoch)
+    run = Run(
+        config=config,
+        model=model,
+        optimizer=build_optimizer(config, total),
+        batches=batches,
+        eval_batches=eval_batches,
+        loss_kw=dict(
+            loss_type=config.loss,
+            beta=config.beta,
+            alpha=config.alpha,
+            reference_model=reference,
+            average_log_prob=config.average_log_prob,
+        ),
+        out_dir=out_dir,
+        adapter_config=_adapter_config(config, model),
+        total_steps=total,
+    )
+    if config.resume:
+        _resume(run)
+    write_json(out_dir / ADAPTER_CONFIG, run.adapter_config)
+    say(
+        f"policy: {count_trainable(model):,} trainable parameters; {len(train_pairs)} train pairs, "
+        f"{len(eval_pairs)} eval pairs; {total} steps x {config.batch_size * config.grad_accum} pair(s) "
+        f"({batches.batches_per_epoch} batches/epoch)"
+    )
+    return run
+
+
+def _adapter_config(config: TrainConfig, model) -> dict:
+    """mlx-lm's adapter_config.json of the policy plus the TDPO settings and the whole config."""
+    base = getattr(model, "adapter_config", None)
+    if base is None:
+        raise ValueError("the model carries no adapter_config: load it with tdpo_mlx.models.load_policy")
+    tdpo = {
+        "loss": config.loss,
+        "beta": config.beta,
+        "alpha": config.alpha,
+        "average_log_prob": config.average_log_prob,
+        "reference": config.ref_model or "base (adapters off)",
+    }
+    return {
+        **base,
+        "base_model": config.model,
+        "quantize": config.quantize,
+        "tdpo": tdpo,
+        "train_config": config.to_dict(),
+    }
+
+
+def _resume(run: Run) -> None:
+    """Adapters, optimizer state, data position, step and metric history from ``--resume``."""
+    ck = find_checkpoint(run.config.resume, run.out_dir)
+    state = load_checkpoint(ck, run.model, run.optimizer)
+    run.step, run.checkpoint = int(state["step"]), str(ck)
+    run.batches.load_state_dict(state["data"])
+    run.history = read_metrics(run.out_dir / METRICS_FILE, run.step)
+    say(
+        f"resumed from {ck} at step {run.step} (epoch {run.batches.epoch}, batch {run.batches.position}); "
+        f"continuing at step {run.step + 1}"
+    )
+
+
+def train_step(run: Run) -> StepResult:
+    """One optimizer step: reseed dropout from (seed, step), accumulate ``grad_accum`` micro-batches,
+    clip the global norm, stop on a non-finite loss or norm, update. Returns the step's
+    :class:`StepResult` with ``grad_norm`` and ``seconds`` filled in.
+
+    Raises:
+        NonFiniteLossError: nothing of this step applied.
+    """
+    config = run.config
+    mx.random.seed(_step_seed(config.seed, run.step))
+    batches = [next(run.batches) for _ in range(config.grad_accum)]
+    t0 = time.perf_counter()
+    res = accumulate_gradients(run.model, batches, **run.loss_kw)
+    grads, res.grad_norm = clip_gradients(res.grads, config.max_grad_norm)
+    if not (math.isfinite(res.loss) and math.isfinite(res.grad_norm)):
+        raise NonFiniteLossError(run.step + 1, res.loss, res.grad_norm, run.checkpoint)
+    run.optimizer.update(run.model, grads)
+    mx.eval(run.model.trainable_parameters(), run.optimizer.state)
+    res.seconds = time.perf_counter() - t0
+    run.step += 1
+    return res
+
+
+def clip_gradients(grads, max_norm: float) -> tuple[dict, float]:
+    """``(grads scaled to global L2 norm <= max_norm, norm before clipping)``; 0 = no clipping."""
+    if max_norm > 0:
+        grads, norm = optim.clip_grad_norm(grads, max_norm)
+    else:
+        norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)))
+    return grads, float(norm.item())
+
+
+class Window:
+    """Train metrics between two reports: pair-weighted means (sums / pairs, never a mean of
+    step means), mean gradient norm, tokens per second of step time."""
+
+    def __init__(self):
+        self.sums, self.pairs, self.tokens, self.seconds, self.norms = {}, 0, 0, 0.0, []
+
+    def add(self, res: StepResult) -> None:
+        for k, v in res.sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.pairs += res.n_pairs
+        self.tokens += res.n_tokens
+        self.seconds += res.seconds
+        self.norms.append(res.grad_norm)
+
+    def record(self, run: Run) -> dict:
+        r = {k: self.sums[k] / self.pairs for k in METRIC_KEYS}
+        r.update(
+            learning_rate=float(run.optimizer.learning_rate.item()),
+            grad_norm=sum(self.norms) / len(self.norms),
+            tokens_per_second=self.tokens / max(self.seconds, 1e-9),
+            peak_memory_gb=peak_memory_gb(),
+            step=run.step,
+            epoch=run.epoch,
+        )
+        self.__init__()
+        return r
+
+
+def evaluate_run(run: Run) -> dict | None:
+    """The held-out metrics at the current step (``eval_*``, ``step``, ``epoch``); None without
+    held-out pairs."""
+    if not run.eval_batches:
+        return None
+    return {**evaluate(run.model, run.eval_batches, **run.loss_kw), "step": run.step, "epoch": run.epoch}
+
+
+def save(run: Run) -> str:
+    """Adapters into the output folder and a full checkpoint of the current step; returns its path."""
+    run.adapter_config["steps"] = run.step  # optimizer steps behind these adapters (read by the model card)
+    save_adapters(run.out_dir, run.model, run.adapter_config)
+    state = {
+        "data": run.batches.state_dict(),
+        "epoch": run.epoch,
+        "total_steps": run.total_steps,
+        "rng": {"scheme": "mx.random.seed((seed * 1000003 + step) mod 2^32) before each step", "seed": run.config.seed},
+        "config": run.config.to_dict(),
+    }
+    path = save_checkpoint(
+        run.out_dir, run.step, run.model, run.optimizer, run.adapter_config, state, keep=run.config.keep_checkpoints
+    )
+    run.checkpoint = str(path)
+    return run.checkpoint
+
+
+def warm_up(run: Run) -> None:
+    """One 1-pair, 2-token batch in eval mode: one-time setup inside the statistics (the fast
+    path's check of its LM-head plan) runs without dropout and before the per-step reseeding,
+    so fresh and resumed runs draw identical dropout masks."""
+    p = run.batches.pairs[0]
+    tiny = make_batch([type(p)(p.prompt_ids[:1], p.chosen_ids[:1], p.rejected_ids[:1])], run.batches.pad_id)
+    run.model.eval()
+    mx.eval(batch_loss(run.model, tiny, differentiable=False, **run.loss_kw))
+    run.model.train()
+
+
+@contextmanager
+def sigint_flag():
+    """Ctrl-C sets ``flag.is_set()`` (the loop finishes its step, checkpoints, returns); a second
+    Ctrl-C raises KeyboardInterrupt at once. Only in the main thread (signals live there)."""
+    flag = threading.Event()
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    old = signal.signal(signal.SIGINT, handler) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield flag
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+
+def loop(run: Run, reporters: Reporters, stop: threading.Event) -> bool:
+    """Optimizer steps up to ``run.total_steps``: log every ``steps_per_report`` steps, evaluate
+    every ``eval_every`` and save every ``save_every`` (the final ones are :func:`train`'s). Returns
+    True when Ctrl-C (``stop``) ended it early, right after the step in progress was logged."""
+    config, window = run.config, Window()
+    while run.step < run.total_steps:
+        res = train_step(run)
+        window.add(res)
+        reporters.on_step(run.step, res.progress())
+        if run.step % config.steps_per_report == 0 or run.step == run.total_steps or stop.is_set():
+            log(run, reporters, window.record(run))
+        if stop.is_set():  # also when set during that log (a callback)
+            if window.norms:
+                log(run, reporters, window.record(run))
+            return True
+        if _due(config.eval_every, run):
+            log(run, reporters, evaluate_run(run))
+        if _due(config.save_every, run):
+            save(run)
+    return False
+
+
+def log(run: Run, reporters: Reporters, record: dict | None) -> None:
+    """Send a train or evaluation record (None: nothing to log) to every reporter."""
+    if record is not None:
+        run.last["eval" if "eval_loss" in record else "train"] = record
+        reporters.on_log(record)
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -320,43 +553,8 @@ def _total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
     return max(1, math.ceil(epochs * batches_per_epoch / config.grad_accum))
 
 
-def _format_line(r: dict, total: int) -> str:
-    return (
-        f"step {r['step']}/{total} | loss {r['loss']:.4f} | acc {r['rewards/accuracies']:.3f} "
-        f"| margin {r['rewards/margins']:+.4f} | kl c {r['kl/chosen']:.4f} r {r['kl/rejected']:.4f} "
-        f"| lr {r['learning_rate']:.2e} | gnorm {r['grad_norm']:.3f} | {r['tokens_per_second']:.0f} tok/s "
-        f"| {r['peak_memory_gb']:.2f} GB"
-    )
-
-
-def _format_eval(r: dict) -> str:
-    return (
-        f"eval @ step {r['step']} | loss {r['eval_loss']:.4f} | acc {r['eval_rewards/accuracies']:.3f} "
-        f"| margin {r['eval_rewards/margins']:+.4f} | kl c {r['eval_kl/chosen']:.4f} r {r['eval_kl/rejected']:.4f}"
-    )
-
-
-def _peak_gb() -> float:
-    try:
-        from .backend import peak_memory_gb
-
-        return float(peak_memory_gb())
-    except Exception:  # pragma: no cover - metal-only calls guarded
-        return float("nan")
-
-
-def _read_metrics(path: Path, upto_step: int) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if line:
-                r = json.loads(line)
-                if r.get("step", 0) <= upto_step:
-                    out.append(r)
-    return out
+def _due(every: int, run: Run) -> bool:
+    return bool(every) and run.step % every == 0 and run.step < run.total_steps
 
 
 def train(
@@ -377,253 +575,43 @@ def train(
 
     Returns:
         dict: the last training metrics merged with the last evaluation metrics, plus ``step``,
-        ``adapter_path``, ``checkpoint`` and ``interrupted`` (True after Ctrl-C).
+        ``adapter_path``, ``checkpoint``, ``interrupted`` (True after Ctrl-C) and
+        ``trainable_parameters``.
 
     Raises:
         NonFiniteLossError: a step had a NaN/inf loss or gradient norm (nothing of it applied;
             earlier checkpoints untouched).
         ValueError / FileNotFoundError: bad configuration, data or resume path.
     """
-    from .models import load_policy, load_reference
-
-    config.validate()
-    out_dir = Path(config.adapter_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pbar = None
-
-    def say(msg: str) -> None:
-        if pbar is not None:
-            pbar.write(msg)
-        else:
-            print(msg, flush=True)
-
-    mx.random.seed(config.seed)
-    if model is None:
-        model, tokenizer = load_policy(
-            config.model,
-            lora_rank=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_scale=config.lora_scale,
-            lora_dropout=config.lora_dropout,
-            lora_layers=config.lora_layers,
-            lora_keys=config.lora_keys,
-            dora=config.dora,
-            quantize=config.quantize,
-            dtype=config.dtype,
-        )
-    if reference is None and config.ref_model:
-        reference = load_reference(config.ref_model, quantize=config.quantize, dtype=config.dtype)
-    if train_pairs is None:
-        train_pairs, loaded_eval = load_data(config, tokenizer, log=say)
-        if eval_pairs is None:
-            eval_pairs = loaded_eval
-    eval_pairs = list(eval_pairs or [])
-    if config.grad_checkpoint:
-        enable_grad_checkpoint(model)
-
-    loss_kw = dict(
-        loss_type=config.loss,
-        beta=config.beta,
-        alpha=config.alpha,
-        reference_model=reference,
-        average_log_prob=config.average_log_prob,
+    run = setup(
+        config, model=model, tokenizer=tokenizer, reference=reference, train_pairs=train_pairs, eval_pairs=eval_pairs
     )
-    pad_id = _pad_id(tokenizer)
-    it = BatchIterator(train_pairs, config.batch_size, seed=config.seed, pad_id=pad_id)
-    eval_batches = [
-        make_batch(eval_pairs[i : i + config.batch_size], pad_id) for i in range(0, len(eval_pairs), config.batch_size)
-    ]
-    total = _total_steps(config, it.batches_per_epoch)
-    optimizer = build_optimizer(config, total)
-
-    base_cfg = getattr(model, "adapter_config", None)
-    if base_cfg is None:
-        raise ValueError("the model carries no adapter_config: load it with tdpo_mlx.models.load_policy")
-    adapter_cfg = {
-        **base_cfg,
-        "base_model": config.model,
-        "quantize": config.quantize,
-        "tdpo": {
-            "loss": config.loss,
-            "beta": config.beta,
-            "alpha": config.alpha,
-            "average_log_prob": config.average_log_prob,
-            "reference": config.ref_model or "base (adapters off)",
-        },
-        "train_config": config.to_dict(),
-    }
-
-    step, history, last_ckpt = 0, [], None
-    metrics_path = out_dir / METRICS_FILE
-    if config.resume:
-        ck = find_checkpoint(config.resume, out_dir)
-        state = load_checkpoint(ck, model, optimizer)
-        step = int(state["step"])
-        it.load_state_dict(state["data"])
-        history = _read_metrics(metrics_path, step)
-        last_ckpt = str(ck)
-        say(f"resumed from {ck} at step {step} (epoch {it.epoch}, batch {it.position}); continuing at step {step + 1}")
-    write_json(out_dir / ADAPTER_CONFIG, adapter_cfg)
-
-    from .models import count_trainable
-
-    n_trainable = count_trainable(model)
-    say(
-        f"policy: {n_trainable:,} trainable parameters; {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs; "
-        f"{total} steps x {config.batch_size * config.grad_accum} pair(s) ({it.batches_per_epoch} batches/epoch)"
-    )
-
-    def log(record: dict) -> None:
-        history.append(record)
-        write_jsonl(metrics_path, history)
-        if callback is not None:
-            callback(dict(record))
-
-    def epoch_pos() -> float:
-        return it.epoch + it.position / max(1, it.batches_per_epoch)
-
-    last_train, last_eval = {}, {}
-
-    def run_eval() -> None:
-        nonlocal last_eval
-        if not eval_batches:
-            return
-        r = {**evaluate(model, eval_batches, **loss_kw), "step": step, "epoch": epoch_pos()}
-        last_eval = r
-        say(_format_eval(r))
-        log(r)
-
-    def checkpoint() -> str:
-        nonlocal last_ckpt
-        adapter_cfg["steps"] = step  # optimizer steps behind these adapters (read by the model card)
-        save_adapters(out_dir, model, adapter_cfg)
-        state = {
-            "data": it.state_dict(),
-            "epoch": epoch_pos(),
-            "total_steps": total,
-            "rng": {"scheme": "mx.random.seed((seed * 1000003 + step) mod 2^32) before each step", "seed": config.seed},
-            "config": config.to_dict(),
-        }
-        last_ckpt = str(
-            save_checkpoint(out_dir, step, model, optimizer, adapter_cfg, state, keep=config.keep_checkpoints)
-        )
-        return last_ckpt
-
-    # Ctrl-C: finish the current step, checkpoint, return. A second Ctrl-C aborts at once.
-    stop = {"flag": False}
-    old_handler = None
-    if threading.current_thread() is threading.main_thread():
-
-        def handler(signum, frame):
-            if stop["flag"]:
-                raise KeyboardInterrupt
-            stop["flag"] = True
-
-        old_handler = signal.signal(signal.SIGINT, handler)
-
-    # Warm-up on a 1-pair, 2-token batch in eval mode: one-time setup inside the statistics
-    # (e.g. the fast path's numerical check of the LM-head plan) then runs without dropout and
-    # before the per-step RNG reseeding, so fresh and resumed runs draw identical dropout masks.
-    p0 = train_pairs[0]
-    warm = make_batch([type(p0)(p0.prompt_ids[:1], p0.chosen_ids[:1], p0.rejected_ids[:1])], pad_id)
-    model.eval()
-    mx.eval(batch_loss(model, warm, differentiable=False, **loss_kw))
-    model.train()
-    if step == 0:
-        run_eval()
-    window = {"sums": {}, "pairs": 0, "tokens": 0, "time": 0.0, "gnorm": 0.0, "steps": 0}
-    interrupted = False
-    try:
-        from tqdm import tqdm
-
-        pbar = tqdm(
-            total=total,
-            initial=step,
-            desc="train",
-            unit="step",
-            disable=not config.progress,
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
-        while step < total:
-            mx.random.seed(_step_seed(config.seed, step))
-            batches = [next(it) for _ in range(config.grad_accum)]
-            t0 = time.perf_counter()
-            res = accumulate_gradients(model, batches, **loss_kw)
-            grads = res.grads
-            if config.max_grad_norm > 0:
-                grads, gnorm = optim.clip_grad_norm(grads, config.max_grad_norm)
-            else:
-                gnorm = _global_norm(grads)
-            gnorm = float(gnorm.item() if hasattr(gnorm, "item") else gnorm)
-            if not (math.isfinite(res.loss) and math.isfinite(gnorm)):
-                raise NonFiniteLossError(step + 1, res.loss, gnorm, last_ckpt)
-            optimizer.update(model, grads)
-            mx.eval(model.trainable_parameters(), optimizer.state)
-            dt = time.perf_counter() - t0
-            step += 1
-            lr = float(optimizer.learning_rate.item())
-
-            for k, v in res.sums.items():
-                window["sums"][k] = window["sums"].get(k, 0.0) + v
-            window["pairs"] += res.n_pairs
-            window["tokens"] += res.n_tokens
-            window["time"] += dt
-            window["gnorm"] += gnorm
-            window["steps"] += 1
-            pbar.update(1)
-            pbar.set_postfix(
-                loss=f"{res.loss:.4f}",
-                acc=f"{res.sums['rewards/accuracies'] / res.n_pairs:.2f}",
-                tok_s=f"{res.n_tokens / max(dt, 1e-9):.0f}",
-                refresh=False,
+    reporters = make_reporters(config, run.out_dir, run.total_steps, run.step, run.history, callback)
+    with sigint_flag() as stop, closing(reporters):
+        warm_up(run)
+        if run.step == 0:
+            log(run, reporters, evaluate_run(run))
+        try:
+            interrupted = loop(run, reporters, stop)
+        except NonFiniteLossError as e:
+            say(str(e))
+            raise
+        if interrupted:
+            ck = save(run)
+            say(
+                f"interrupted: checkpoint at step {run.step} written to {ck}; continue with --resume latest "
+                f"--adapter-path {run.out_dir}"
             )
-
-            if step % config.steps_per_report == 0 or step == total or stop["flag"]:
-                r = {k: window["sums"][k] / window["pairs"] for k in METRIC_KEYS}
-                r.update(
-                    learning_rate=lr,
-                    grad_norm=window["gnorm"] / window["steps"],
-                    tokens_per_second=window["tokens"] / max(window["time"], 1e-9),
-                    peak_memory_gb=_peak_gb(),
-                    step=step,
-                    epoch=epoch_pos(),
-                )
-                last_train = r
-                say(_format_line(r, total))
-                log(r)
-                window = {"sums": {}, "pairs": 0, "tokens": 0, "time": 0.0, "gnorm": 0.0, "steps": 0}
-            if stop["flag"]:
-                interrupted = True
-                ck = checkpoint()
-                say(
-                    f"interrupted: checkpoint at step {step} written to {ck}; continue with --resume latest "
-                    f"--adapter-path {out_dir}"
-                )
-                break
-            if config.eval_every and step % config.eval_every == 0 and step < total:
-                run_eval()
-            if config.save_every and step % config.save_every == 0 and step < total:
-                checkpoint()
-        if not interrupted:
-            if not last_eval or last_eval.get("step") != step:
-                run_eval()
-            ck = checkpoint()
-            say(f"saved adapters to {out_dir} (checkpoint {ck})")
-    except NonFiniteLossError as e:
-        say(str(e))
-        raise
-    finally:
-        if pbar is not None:
-            pbar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        else:
+            if run.last["eval"].get("step") != run.step:
+                log(run, reporters, evaluate_run(run))
+            say(f"saved adapters to {run.out_dir} (checkpoint {save(run)})")
     return {
-        **last_train,
-        **last_eval,
-        "step": step,
-        "adapter_path": str(out_dir),
-        "checkpoint": last_ckpt,
+        **run.last["train"],
+        **run.last["eval"],
+        "step": run.step,
+        "adapter_path": str(run.out_dir),
+        "checkpoint": run.checkpoint,
         "interrupted": interrupted,
-        "trainable_parameters": n_trainable,
+        "trainable_parameters": count_trainable(run.model),
     }

@@ -54,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             continue
         if f.metadata.get("nargs"):
             kw["nargs"] = f.metadata["nargs"]
-            kw["metavar"] = "KEY"
+            kw["metavar"] = f.metadata.get("metavar", "KEY")
             p.add_argument(flag, type=str, **kw)
             continue
         if f.name == "resume":
