@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from .atomic import save_safetensors, write_json
+from .errors import NotFoundError, UserError
 
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -107,7 +108,7 @@ def find_checkpoint(resume: str, adapter_path) -> Path:
     checkpoint directory; or an adapter directory (its latest checkpoint).
 
     Raises:
-        FileNotFoundError: with what was looked for.
+        NotFoundError (a FileNotFoundError): with what was looked for.
     """
     cand = Path(adapter_path) if str(resume).lower() in ("latest", "true", "1", "yes") else Path(resume)
     if (cand / STATE_FILE).exists():
@@ -119,8 +120,11 @@ def find_checkpoint(resume: str, adapter_path) -> Path:
         ck = cand / CHECKPOINTS / d["dir"]
         if (ck / STATE_FILE).exists():
             return ck
-        raise FileNotFoundError(f"{latest} points at {ck}, which has no {STATE_FILE}")
-    raise FileNotFoundError(f"--resume {resume}: no checkpoint found ({cand / STATE_FILE} or {latest} does not exist)")
+        raise NotFoundError(f"--resume: {latest} points at {ck}, which has no {STATE_FILE}")
+    raise NotFoundError(
+        f"--resume {resume}: no checkpoint found ({cand / STATE_FILE} or {latest} does not exist); "
+        "--resume takes 'latest' (the --adapter-path's last checkpoint) or a checkpoint folder"
+    )
 
 
 def load_checkpoint(directory, model, optimizer) -> dict:
@@ -158,3 +162,69 @@ def load_checkpoint(directory, model, optimizer) -> dict:
     optimizer.state = tree_unflatten(list(opt_state.items()))
     with open(directory / STATE_FILE, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+#: TrainConfig fields a checkpoint fixes: the adapters' shape and scale, and what they adapt.
+RESUME_FIELDS = (
+    "model",
+    "lora_rank",
+    "lora_alpha",
+    "lora_scale",
+    "lora_dropout",
+    "lora_keys",
+    "lora_layers",
+    "dora",
+    "quantize",
+)
+
+
+def _same(name: str, a, b) -> bool:
+    if name == "model" and a != b:
+        pa, pb = Path(str(a)).expanduser(), Path(str(b)).expanduser()
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    return a == b
+
+
+def _shown(v) -> str:
+    return " ".join(v) if isinstance(v, list) else "not set" if v is None else str(v)
+
+
+def resume_settings(config, given=()):
+    """``config`` with the resumed checkpoint's adapter settings and model (:data:`RESUME_FIELDS`).
+
+    The checkpoint is the truth: a field the user did not give (``given``: names set on the
+    command line or in the config file) is taken from the checkpoint's ``train_config``; one
+    they gave with another value is an error, since the saved adapters were trained with it.
+
+    Returns:
+        A new :class:`tdpo_mlx.config.TrainConfig` (``config`` itself when it does not resume).
+
+    Raises:
+        NotFoundError: no checkpoint; UserError: a given value that conflicts, naming both.
+    """
+    import dataclasses
+
+    if not config.resume:
+        return config
+    ck = find_checkpoint(config.resume, config.adapter_path)
+    try:
+        with open(ck / ADAPTER_CONFIG, encoding="utf-8") as fh:
+            saved = json.load(fh).get("train_config") or {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--resume: cannot read {ck / ADAPTER_CONFIG}: {e}") from None
+    changes = {}
+    for name in RESUME_FIELDS:
+        if name not in saved:
+            continue
+        want, have = saved[name], getattr(config, name)
+        if name in given and not _same(name, have, want):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(
+                f"{flag} {_shown(have)} conflicts with the checkpoint {ck}, trained with {flag} {_shown(want)}; "
+                f"leave {flag} out to resume (the checkpoint's value is used), or start a new run in another "
+                "--adapter-path"
+            )
+        changes[name] = want
+    return dataclasses.replace(config, **changes)

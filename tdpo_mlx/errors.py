@@ -41,17 +41,36 @@ def one_line(message: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
+#: Suffixes that make a name a file, never a hub id.
+FILE_SUFFIXES = (
+    ".jsonl",
+    ".json",
+    ".gz",
+    ".parquet",
+    ".csv",
+    ".yaml",
+    ".yml",
+    ".gguf",
+    ".txt",
+    ".jinja",
+    ".safetensors",
+)
+
+
 def looks_like_path(value: str) -> bool:
-    """Whether ``value`` is meant as a local path rather than a hub id or a name: it starts with
-    ``.``, ``/`` or ``~``, has a file suffix, more than one ``/``, a backslash, or its first
-    component exists here."""
+    """Whether ``value`` is meant as a local path rather than a hub id (``owner/name``) or a
+    name: it starts with ``.``, ``/`` or ``~``, has a backslash or more than one ``/``, ends with
+    a file suffix (``.jsonl``...; without a ``/`` any ``.abc`` suffix), or its first component
+    exists here."""
     s = str(value)
     if s.startswith((".", "/", "~")) or "\\" in s or s.count("/") > 1:
         return True
-    if Path(s).suffix and not Path(s).suffix[1:].isdigit():  # "x.jsonl", not "org/model-0.5"
+    suffix = Path(s).suffix.lower()
+    if suffix in FILE_SUFFIXES:
         return True
-    first = s.split("/", 1)[0]
-    return "/" in s and bool(first) and Path(first).exists()
+    if "/" not in s:
+        return suffix[1:].isalnum() and not suffix[1:].isdigit() and len(suffix) <= 9
+    return Path(s.split("/", 1)[0]).exists()
 
 
 def near_misses(path: str | os.PathLike) -> str:

@@ -86,8 +86,9 @@ def pair_metrics(chosen: SequenceStatistics, rejected: SequenceStatistics, out: 
 
     Keys: ``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies`` (1.0 where
     the chosen reward exceeds the rejected one), ``rewards/margins``, ``logps/chosen``,
-    ``logps/rejected``, ``kl/chosen``, ``kl/rejected``, ``kl/margin`` (KL_l - KL_w, the term
-    TDPO subtracts). Averaging these over pairs (not batches) gives the logged values.
+    ``logps/rejected``, ``kl/chosen``, ``kl/rejected``, ``kl/margin`` (KL_w - KL_l, chosen minus
+    rejected as in the authors' trainers.py ``kl_*/margin`` and TRL's ``rewards/margins``; TDPO's
+    logits add it, so it is usually negative as the rejected KL grows faster). Averaging these over pairs (not batches) gives the logged values.
     """
     sg = mx.stop_gradient
     return {
@@ -100,5 +101,5 @@ def pair_metrics(chosen: SequenceStatistics, rejected: SequenceStatistics, out: 
         "logps/rejected": sg(rejected.logps),
         "kl/chosen": sg(chosen.kl),
         "kl/rejected": sg(rejected.kl),
-        "kl/margin": sg(rejected.kl - chosen.kl),
+        "kl/margin": sg(chosen.kl - rejected.kl),
     }

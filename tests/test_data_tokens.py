@@ -14,6 +14,8 @@ from test_data_support import (
     plain_tokenizer,
     sentencepiece_like_tokenizer,
 )
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
 
 from tdpo_mlx.data import DataError, load_preference_data, make_batch
 from tdpo_mlx.data.encode import TokenRules, truncate_pair
@@ -468,6 +470,48 @@ def test_sentencepiece_seam_scored_ids_decode_back_in_context(prompt, chosen, re
         joint = tok.encode(prompt + text, add_special_tokens=False)
         assert joint[len(pair.prompt_ids) - 1 :] == ids[:-1]
     check_pair(tok, pair, bos_expected=True)
+
+
+@pytest.mark.parametrize(
+    "prompt,chosen,rejected,straddles",
+    [
+        ("[INST] What is 2+2? [/INST] ", "Sure.", "No!", False),  # Llama-2 layout: the prompt ends in a space
+        ("[INST] hi [/INST] ", "(4)", "It is 5.", False),  # a response starting with a symbol
+        ("Question: ", "yes", "no", True),  # the joint encoding merges the space into "▁y"
+        ("Human: hi\n\nAssistant: ", "I can't help with that.", "ok", True),
+    ],
+)
+def test_sentencepiece_prompt_ending_in_space_decodes_to_exactly_prompt_plus_response(
+    prompt, chosen, rejected, straddles
+):
+    tok = sentencepiece_like_tokenizer()
+    enc = lambda t: tok.encode(t, add_special_tokens=False)  # noqa: E731
+    # the kind: encoded separately, the response's dummy prefix adds a second space at the seam;
+    # where a joint token straddles the seam the prompt's own ids are not a prefix of the joint ids
+    assert tok.decode(enc(prompt) + enc(chosen)) == prompt + " " + chosen
+    assert (enc(prompt + chosen)[: len(enc(prompt))] != enc(prompt)) == straddles
+    (pair,), s = load([{"prompt": prompt, "chosen": chosen, "rejected": rejected}], tok)
+    assert s.kept == 1 and s.dropped == {} and s.decode_mismatches == 0
+    for ids, text in ((pair.chosen_ids, chosen), (pair.rejected_ids, rejected)):
+        assert ids[-1] == tok.eos_token_id
+        assert pair.prompt_ids[0] == tok.bos_token_id and tok.decode(pair.prompt_ids[1:] + ids[:-1]) == prompt + text
+        assert pair.prompt_ids[1:] + ids[:-1] == enc(prompt + text)  # the tokenizer's own ids for the text
+    check_pair(tok, pair, bos_expected=True)
+
+
+def test_pairs_that_cannot_decode_back_are_dropped_and_counted():
+    from tokenizers import normalizers
+
+    base = plain_tokenizer()
+    raw = Tokenizer.from_str(base.backend_tokenizer.to_str())
+    raw.normalizer = normalizers.Lowercase()  # decodes "Yes" as "yes": no tokenization gives the text back
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", pad_token="<pad>")
+    rows = [{"prompt": "q", "chosen": " Yes", "rejected": " no"}, {"prompt": "q", "chosen": " yes", "rejected": " no"}]
+    pairs, s = load(rows, tok)
+    assert [p.index for p in pairs] == [1] and s.dropped == {"decode_mismatch": 1} and s.decode_mismatches == 1
+    assert "no tokenization decodes back" in s.format()
+    with pytest.raises(DataError, match=r"record 0\): no tokenization of prompt \+ chosen response decodes back"):
+        load(rows, tok, strict=True)
 
 
 def test_mlx_lm_tokenizer_wrapper_is_accepted():

@@ -150,8 +150,8 @@ def test_train_end_to_end_from_the_command_line(tmp_path, monkeypatch, capsys):
                 json.dumps(
                     {
                         "prompt": " ".join(rng.choices(words, k=4)),
-                        "chosen": " ".join(rng.choices(words, k=3)),
-                        "rejected": " ".join(rng.choices(words, k=2)),
+                        "chosen": " " + " ".join(rng.choices(words, k=3)),
+                        "rejected": " " + " ".join(rng.choices(words, k=2)),
                     }
                 )
                 + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import NotFoundError, UserError, did_you_mean, looks_like_path, near_misses, require_path
 
@@ -33,7 +34,8 @@ def check_model(value: str, option: str = "--model") -> str:
     s = str(value)
     if s in NAMED_SOURCES:
         return s
-    p = require_path(s, "model", option, kind="any") if looks_like_path(s) else None
+    local = Path(s).expanduser().exists() or looks_like_path(s)
+    p = require_path(s, "model", option, kind="any") if local else None
     if p is None and "/" not in s:
         hint = did_you_mean(s, NAMED_SOURCES) or near_misses(s)
         raise NotFoundError(

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
+from pathlib import Path
 
 from ..config import TrainConfig, field_type, load_config_file, option_name
-from ..errors import one_line
-from .common import HelpFormatter
+from ..errors import AlreadyExistsError, UserError, one_line
+from .common import HelpFormatter, check_model
 
 EXAMPLE = """examples:
   tdpo-mlx train --model gemma3-270m --data pairs.jsonl.gz --loss tdpo2 --iters 200 --adapter-path runs/tdpo2
@@ -66,25 +68,84 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from defaults, then ``args.config`` (file), then explicit command-line options."""
+def _values(args: argparse.Namespace) -> dict:
     values = {}
     if getattr(args, "config", None):
         values.update(load_config_file(args.config))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
-    return TrainConfig(**values).validate()
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from defaults, then ``args.config`` (file), then explicit command-line options."""
+    return TrainConfig(**_values(args)).validate()
+
+
+RUN_FILES = ("adapters.safetensors", "adapter_config.json", "metrics.jsonl", "checkpoints")
+
+
+def check_inputs(config: TrainConfig, overwrite: bool = False) -> None:
+    """Everything checkable before a model is loaded: model and data paths (never sent to the
+    hub when they look local), the chat template file, the resume checkpoint, and an
+    ``--adapter-path`` that already holds a run (refused without ``--resume``/``--overwrite``).
+
+    Raises:
+        UserError (NotFoundError, AlreadyExistsError): naming the option.
+    """
+    from ..checkpoint import find_checkpoint
+    from ..data.encode import load_chat_template
+    from ..data.sources import check_data_path
+
+    check_model(config.model, "--model")
+    if config.ref_model:
+        check_model(config.ref_model, "--ref-model")
+    if not config.data:
+        raise UserError("--data is required: a preference data file, directory or hub dataset (or data: in --config)")
+    check_data_path(config.data, "--data")
+    if config.eval_data:
+        check_data_path(config.eval_data, "--eval-data")
+    if config.chat_template:
+        load_chat_template(config.chat_template)
+    out = Path(config.adapter_path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--adapter-path {out} is a file; give a folder for the adapters")
+    if config.resume:
+        find_checkpoint(config.resume, out)
+    elif not overwrite and out.is_dir() and any((out / n).exists() for n in RUN_FILES):
+        raise AlreadyExistsError(
+            f"--adapter-path {out} already holds a run ({', '.join(n for n in RUN_FILES if (out / n).exists())}); "
+            "continue it with --resume, start over with --overwrite, or choose another --adapter-path"
+        )
 
 
 def run(args) -> int:
+    from ..checkpoint import resume_settings
     from ..trainer import NonFiniteLossError, train
 
-    config = config_from_args(args)
+    values = _values(args)
+    config = TrainConfig(**values).validate()
+    if args.overwrite and config.resume:
+        raise UserError("--overwrite and --resume contradict each other: resume the run, or start over")
+    check_inputs(config, overwrite=args.overwrite)
+    config = resume_settings(config, given=set(values)).validate()
+    out = Path(config.adapter_path).expanduser()
+    existed = out.exists()
+    if args.overwrite:
+        for name in RUN_FILES:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
     try:
         result = train(config)
     except NonFiniteLossError as e:
         print(f"tdpo-mlx train: error: {one_line(str(e))}", file=sys.stderr)
         return 1
+    finally:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves no folder behind
     if result.get("interrupted"):
         return 130
     keys = ("eval_loss", "eval_rewards/accuracies", "eval_kl/chosen", "eval_kl/rejected")

@@ -16,8 +16,11 @@ Token rules (issue 3; cases D1-D9 in ``../shared/cases/preference-data.md``):
   SentencePiece tokenizers with a dummy prefix (Llama-style ``prepend_scheme="first"``) fail
   that check for a response without a leading space (they add a word-start piece); then the
   response ids are taken from encoding prompt + response jointly, provided the prompt ids are
-  a prefix of it and that decodes right; otherwise the separate ids are kept and the pair is
-  counted in ``DataSummary.decode_mismatches``. Gemma has no dummy prefix: HH responses start
+  a prefix of it and that decodes right; else (a prompt ending in a space, the Llama-2
+  ``"[INST] ... [/INST] "`` layout) the seam moves into the prompt: the shared prompt ids are
+  the longest common prefix of both joint encodings, each response the rest of its own. Every
+  scored sequence decodes to exactly prompt + response; a pair where no tokenization does is
+  dropped as ``decode_mismatch`` (counted, never trained on). Gemma has no dummy prefix: HH responses start
   with a space (``" I can't..."``), encoded as the word's leading-space piece; on the real HH
   file with the Gemma 3 tokenizer every response passes the check.
   A ``system`` string is put before the prompt with a blank line.
@@ -54,6 +57,7 @@ DROP_REASONS = {
     "special_token_in_response": "BOS or an end token inside a response",
     "empty_prompt": "empty prompt with a tokenizer without BOS",
     "too_long": "a response would be truncated away",
+    "decode_mismatch": "no tokenization decodes back to prompt + response exactly",
 }
 
 
@@ -245,7 +249,13 @@ def _drop_trailing_ends(rules: TokenRules, ids: list[int]) -> list[int]:
 
 
 def encode_text_record(rules: TokenRules, rec: PreferenceRecord, marker: str | None = HH_MARKER):
-    """(prompt_ids, chosen_ids, rejected_ids, decode mismatches 0..2) of a text record."""
+    """(prompt_ids, chosen_ids, rejected_ids, 0) of a text record whose scored sequences decode
+    to exactly prompt + response (see :func:`_fit_seam`).
+
+    Raises:
+        RecordRefused: empty/identical responses, special tokens inside one, an empty prompt
+            without BOS, or ``decode_mismatch`` (no tokenization decodes back to the text).
+    """
     if rec.kind == "implicit":
         prompt, chosen, rejected = split_implicit(rules, rec.chosen, rec.rejected, rec.where, marker)
     else:
@@ -260,30 +270,98 @@ def encode_text_record(rules: TokenRules, rec: PreferenceRecord, marker: str | N
             "empty_prompt",
             f"{rec.where}: empty prompt and the tokenizer has no BOS: the first response token could not be scored",
         )
-    (c, bad_c), (r, bad_r) = (
-        _check_in_context(rules, p, prompt, ids, text) for ids, text in ((c, chosen), (r, rejected))
+    p, c, r = _fit_seam(
+        rules, prompt, p, (_scored_text(rules, chosen), c), (_scored_text(rules, rejected), r), where=rec.where
     )
-    return p, c, r, bad_c + bad_r
+    return p, c, r, 0
 
 
-def _check_in_context(rules: TokenRules, p: list[int], prompt: str, ids: list[int], text: str):
-    """(ids, 0) when prompt ids + response ids decode to the prompt's decoding + the response
-    text. Else (a tokenizer that adds a word-start piece to a separately encoded text, e.g.
-    SentencePiece's dummy prefix) the response ids are taken from encoding prompt + response
-    jointly when the prompt ids are a prefix of it and that decodes right; else (ids, 1): a
-    counted mismatch."""
-    if not text.endswith(rules.tok.eos_token or "\0") and not text.startswith(rules.tok.bos_token or "\0"):
-        p = p[-32:]  # enough context for the seam, cheaper than decoding long prompts
-        ctx = rules.decode(p)
-        if rules.decode(p + ids[:-1]) == ctx + text:
-            return ids, 0
-        pj, joint = rules.encode(prompt), rules.encode(prompt + text)
-        if joint[: len(pj)] == pj and len(joint) > len(pj):
-            alt = _drop_trailing_ends(rules, joint[len(pj) :])
-            if alt and rules.decode(p + alt) == ctx + text:
-                return alt + [rules.eos_id], 0
-        return ids, 1
-    return ids, 0
+def _fit_seam(rules: TokenRules, prompt: str, p: list[int], *responses, where: str = ""):
+    """Prompt and response ids such that each sequence decodes to exactly prompt + response.
+
+    In order: (1) the separately encoded responses, when decode(prompt ids + response ids) is
+    decode(prompt ids) + the response text (no token straddles the seam, no extra word-start
+    piece); (2) else, per response, the ids that follow the prompt ids in the joint encoding of
+    prompt + response (SentencePiece's dummy prefix on a response without a leading space);
+    (3) else the seam moves into the prompt: the prompt ids become the longest common prefix of
+    both joint encodings that decodes to a prefix of the prompt (a prompt ending in a space
+    before a word, ``"[INST] ... [/INST] "`` + ``"Sure"``), and each response is the rest of its
+    joint encoding; the whole sequence must then decode to the prompt + response text.
+
+    Raises:
+        RecordRefused: ``decode_mismatch`` when none of the three decodes back exactly.
+    """
+    where = where or "record"
+    fast = [ids if _seam_ok(rules, p, ids, text) else None for text, ids in responses]
+    if all(f is not None for f in fast):
+        return (p, *fast)
+    pj = rules.encode(prompt)
+    joint = [rules.encode(prompt + text) for text, _ in responses]
+    alt = [
+        f if f is not None else _after_prefix(rules, p, pj, j, text) for f, j, (text, _) in zip(fast, joint, responses)
+    ]
+    if all(a is not None for a in alt):
+        return (p, *alt)
+    moved = _moved_seam(rules, prompt, joint, [text for text, _ in responses])
+    if moved is not None:
+        return moved
+    bad = next(name for name, a in zip(("chosen", "rejected"), alt) if a is None)
+    raise RecordRefused(
+        "decode_mismatch",
+        f"{where}: no tokenization of prompt + {bad} response decodes back to that text exactly "
+        "(the tokenizer merges or adds characters at the seam)",
+    )
+
+
+def _scored_text(rules: TokenRules, text: str) -> str:
+    """The part of a response text its ids hold: without a leading BOS string and without
+    trailing end-token strings (and the whitespace after them), as :func:`encode_response_text` drops them."""
+    bos = rules.tok.bos_token if rules.bos_id is not None else None
+    if bos and text.startswith(bos):
+        text = text[len(bos) :]
+    ends = [t for t in rules.tok.convert_ids_to_tokens(sorted(rules.end_ids)) if t]
+    while True:
+        s = text.rstrip()
+        e = next((e for e in ends if s.endswith(e)), None)
+        if e is None:
+            return text
+        text = s[: -len(e)]
+
+
+def _seam_ok(rules: TokenRules, p: list[int], ids: list[int], text: str) -> bool:
+    tail = p[-32:]  # enough context for the seam, cheaper than decoding long prompts
+    return rules.decode(tail + ids[:-1]) == rules.decode(tail) + text
+
+
+def _after_prefix(rules: TokenRules, p: list[int], pj: list[int], joint: list[int], text: str):
+    """Response ids after the prompt ids inside the joint encoding, if the prompt ids are its
+    prefix and they decode back; else None."""
+    if joint[: len(pj)] != pj or len(joint) <= len(pj):
+        return None
+    alt = _drop_trailing_ends(rules, joint[len(pj) :])
+    if not alt or not _seam_ok(rules, p, alt + [rules.eos_id], text):
+        return None
+    return alt + [rules.eos_id]
+
+
+def _moved_seam(rules: TokenRules, prompt: str, joint: list[list[int]], texts: list[str]):
+    """(prompt ids, *response ids) with the seam moved back into the prompt, or None."""
+    want = rules.decode(rules.encode(prompt))
+    k = min(_common_prefix(joint[0], joint[1]), len(joint[0]) - 1, len(joint[1]) - 1)
+    while k > 0 and not want.startswith(rules.decode(joint[0][:k])):
+        k -= 1
+    p = rules.with_bos(joint[0][:k])
+    if not p:
+        return None
+    out = [p]
+    for j, text in zip(joint, texts):
+        resp = _drop_trailing_ends(rules, j[k:])
+        if not resp or rules.decode(j[:k] + resp) != want + text:
+            return None
+        if (rules.bos_id is not None and rules.bos_id in resp) or any(i in rules.end_ids for i in resp):
+            return None
+        out.append(resp + [rules.eos_id])
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- conversations
@@ -471,7 +549,8 @@ class DataSummary:
         repaired: repair -> count of kept records fixed on load (``prompt_in_responses``: the
             prompt was repeated at the start of both responses and removed from them).
         prompt_cut / response_cut: kept pairs whose prompt / a response was truncated.
-        decode_mismatches: plain-text responses whose ids do not decode back to the text.
+        decode_mismatches: pairs dropped because no tokenization decodes back to prompt +
+            response (the ``decode_mismatch`` drop reason).
         prompt_lengths / response_lengths / sequence_lengths: percentiles (tokens) of the kept
             pairs before truncation (prompt, each response) and after it (longer sequence).
         seconds: wall time of the load.
@@ -489,7 +568,6 @@ class DataSummary:
     repaired: dict = field(default_factory=dict)
     prompt_cut: int = 0
     response_cut: int = 0
-    decode_mismatches: int = 0
     prompt_lengths: dict = field(default_factory=dict)
     response_lengths: dict = field(default_factory=dict)
     sequence_lengths: dict = field(default_factory=dict)
@@ -497,6 +575,10 @@ class DataSummary:
     max_length: int = 0
     max_prompt_length: int = 0
     truncation_mode: str = ""
+
+    @property
+    def decode_mismatches(self) -> int:
+        return self.dropped.get("decode_mismatch", 0)
 
     def drop(self, reason: str, where: str, index: int = -1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -525,8 +607,6 @@ class DataSummary:
             f"mode={self.truncation_mode}: prompt cut in {self.prompt_cut}, "
             f"a response cut in {self.response_cut} pairs"
         )
-        if self.decode_mismatches:
-            lines.append(f"  WARNING: {self.decode_mismatches} responses do not decode back to their text exactly")
         lines.append("  tokens            min     p50     p90     p99     max    mean")
         for name, d in (
             ("prompt", self.prompt_lengths),

@@ -90,8 +90,9 @@ def load_preference_data(
     if not rows:
         raise DataError(f"{src.name}: no records")
     keys = dict(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key)
-    if fmt == "auto":
-        fmt = detect_format(rows[0], **keys)
+    detected = fmt == "auto"
+    if detected:
+        fmt = detect_format(rows[0], where=f"{src.where[0]} (record 0)", **keys)
     summary = DataSummary(
         source=src.name,
         split=split,
@@ -111,11 +112,11 @@ def load_preference_data(
     for i, row in enumerate(rows):
         where = f"{src.where[i]} (record {i})"
         try:
-            rec = to_record(row, i, where, fmt, system_key=system_key, **keys)
+            rec = to_record(row, i, where, fmt, system_key=system_key, detected=detected, **keys)
             if rec.kind == "chat":
-                p, c, r, mismatches = encode_chat_record(rules, rec)
+                p, c, r, _ = encode_chat_record(rules, rec)
             else:
-                p, c, r, mismatches = encode_text_record(rules, rec, implicit_marker)
+                p, c, r, _ = encode_text_record(rules, rec, implicit_marker)
             raw = (len(p), len(c), len(r))
             p, c, r, pcut, rcut = truncate_pair(
                 p,
@@ -135,7 +136,6 @@ def load_preference_data(
                 raise DataError(str(e)) from None
             summary.drop(e.reason, where, i)
             continue
-        summary.decode_mismatches += mismatches
         if rec.repaired:
             summary.repaired[rec.repaired] = summary.repaired.get(rec.repaired, 0) + 1
         summary.prompt_cut += pcut

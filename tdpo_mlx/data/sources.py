@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import NotFoundError, UserError, looks_like_path, near_misses
 
 FORMATS = ("auto", "standard", "implicit", "conversational")
 _FORMAT_ALIASES = {
@@ -99,37 +99,55 @@ class PreferenceRecord:
 # ----------------------------------------------------------------------------- reading sources
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a data file (``.gz`` decompressed).
+
+    Raises:
+        DataError: not gzip data, unreadable, or not UTF-8 (with the line and byte).
+    """
+    try:
+        data = gzip.open(path, "rb").read() if path.name.endswith(".gz") else path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read the file ({e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {col}); save the file as UTF-8"
+        ) from None
+
+
+def _json_loads(text: str):
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
 
 
 def _read_jsonl(path: Path) -> Rows:
     rows, where = [], []
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}); "
-                    "each line must be one JSON object"
-                ) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
-            rows.append(obj)
-            where.append(f"{path}:{lineno}")
+    for lineno, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = _json_loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}); each line must be one JSON object"
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+        rows.append(obj)
+        where.append(f"{path}:{lineno}")
     return Rows(str(path), rows, where)
 
 
 def _read_json(path: Path, split: str) -> Rows:
-    with _open_text(path) as f:
-        text = f.read()
+    text = _read_text(path)
     try:
-        obj = json.loads(text)
+        obj = _json_loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines saved as .json
             return _read_jsonl(path)
@@ -155,15 +173,19 @@ def _read_json(path: Path, split: str) -> Rows:
 
 
 def _read_parquet(path: Path) -> Rows:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     return Rows(str(path), rows, [str(path)] * len(rows))
 
 
 def _read_csv(path: Path) -> Rows:
     rows, where = [], []
-    with _open_text(path) as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         try:
             for row in reader:
@@ -220,6 +242,12 @@ def _load_hub(name: str, split: str) -> Rows:
                 raise
             tried.append(s)
             continue
+        except OSError as e:  # not on the hub, no network (FileNotFoundError, ConnectionError, ...)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise NotFoundError(
+                f"data {name!r} is not a local file or folder, and the Hugging Face hub could not provide it "
+                f"({type(e).__name__}: {first})" + near_misses(name)
+            ) from None
         return _from_dataset(ds, f"{name}[{s}]")
     raise DataError(f"dataset {name!r} has no split {split!r} (tried {tried}); pass split=... (--split)")
 
@@ -269,6 +297,7 @@ def read_rows(data, split: str = "train") -> Rows:
         if hasattr(data, "column_names"):
             return _from_dataset(data, "<dataset>")
         raise TypeError(f"data must be a path, a dataset id, a Dataset or a list of dicts, got {type(data).__name__}")
+    check_data_path(data)
     path = Path(data).expanduser()
     if path.is_file():
         rows = _read_file(path, split)
@@ -298,11 +327,21 @@ def read_rows(data, split: str = "train") -> Rows:
             f"{path}: no {split!r} file (looked for {'/'.join(SPLIT_ALIASES.get(split, (split,)))} "
             f"with {', '.join(SUFFIXES)}); the folder holds {found}"
         )
-    if str(data).lower().endswith(SUFFIXES):
-        raise FileNotFoundError(f"data file not found: {path}")
-    if str(data).startswith((".", "/", "~")) or str(data).count("/") > 1:
-        raise FileNotFoundError(f"data path not found: {path} (a Hugging Face dataset id is 'owner/name')")
     return _load_hub(str(data), split)
+
+
+def check_data_path(data, option: str = "data") -> None:
+    """A source that looks like a local path (``./x``, ``x.jsonl``, ``dir/x``...) must exist:
+    it is never sent to the hub.
+
+    Raises:
+        NotFoundError: ``"<option>: data file not found: X (did you mean Y?)"``.
+    """
+    s = os.fspath(data)
+    if not Path(s).expanduser().exists() and looks_like_path(s):
+        kind = "file" if s.lower().endswith(SUFFIXES) else "path"
+        hub = "" if looks_like_path(s) else " (a Hugging Face dataset id is 'owner/name')"
+        raise NotFoundError(f"{option}: data {kind} not found: {s}{near_misses(s)}{hub}")
 
 
 # ----------------------------------------------------------------------------- formats
@@ -319,15 +358,45 @@ def _is_messages(v) -> bool:
     return isinstance(v, dict) or (isinstance(v, list) and (not v or isinstance(v[0], dict)))
 
 
-def detect_format(row: dict, *, prompt_key: str, chosen_key: str, rejected_key: str) -> str:
+def detect_format(row: dict, *, prompt_key: str, chosen_key: str, rejected_key: str, where: str = "") -> str:
     """The format of a source from its first row: conversational if any field is a message
-    list, standard if it has a prompt, else implicit."""
+    list, standard if it has a prompt, implicit (HH) if it has exactly the HH shape.
+
+    Raises:
+        DataError: neither (see :func:`check_implicit_shape`).
+    """
     vals = [row.get(k) for k in (prompt_key, chosen_key, rejected_key)]
     if any(_is_messages(v) for v in vals if v is not None):
         return "conversational"
     if prompt_key in row:
         return "standard"
+    check_implicit_shape(row, where, prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key)
     return "implicit"
+
+
+def check_implicit_shape(row: dict, where: str, *, prompt_key: str, chosen_key: str, rejected_key: str) -> None:
+    """A record without a prompt is read as implicit (HH: two whole dialogues) only when its
+    text fields are exactly the chosen and rejected ones; any other text key may be the prompt
+    under another name, and guessing would drop it silently.
+
+    Raises:
+        DataError: naming the keys found and the options that map them.
+    """
+    missing = [k for k in (chosen_key, rejected_key) if k not in row]
+    other = sorted(str(k) for k, v in row.items() if k not in (chosen_key, rejected_key) and isinstance(v, str))
+    if not missing and not other:
+        return
+    fix = (
+        f"map them with --prompt-key {other[0]}" if other else "map them with --prompt-key/--chosen-key/--rejected-key"
+    )
+    what = f"no {missing[0]!r} key" if missing else f"also the text key(s) {other}"
+    raise DataError(
+        f"{where or 'record'}: has no {prompt_key!r} key and is not the implicit (HH) shape of exactly "
+        f"{chosen_key!r} and {rejected_key!r} texts: {what}; keys found: {sorted(map(str, row))}. "
+        f"If a key holds the prompt, {fix}"
+        + (" (and --chosen-key/--rejected-key)" if other and missing else "")
+        + "; to drop the other keys and split whole dialogues, pass --data-format implicit"
+    )
 
 
 def _need(row: dict, key: str, role: str, where: str):
@@ -394,12 +463,16 @@ def to_record(
     rejected_key: str,
     system_key: str,
     system_separator: str = "\n\n",
+    detected: bool = False,
 ) -> PreferenceRecord:
     """One raw row -> :class:`PreferenceRecord` in format ``fmt`` (not ``"auto"``).
 
     Raises:
         DataError: missing key or wrong value type (names the record and the mapping option).
         RecordRefused: a conversation whose chosen/rejected histories differ before the last reply.
+
+    ``detected``: the format was detected, not given: an implicit record must have exactly
+    the HH shape (:func:`check_implicit_shape`).
     """
     system = row.get(system_key)
     if system is not None and not isinstance(system, str):
@@ -416,6 +489,8 @@ def to_record(
             prompt = system + system_separator + prompt
         return PreferenceRecord("text", prompt, chosen, rejected, index, where, repaired)
     if fmt == "implicit":
+        if detected:
+            check_implicit_shape(row, where, prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key)
         chosen = _need_str(row, chosen_key, "chosen", where)
         rejected = _need_str(row, rejected_key, "rejected", where)
         return PreferenceRecord("implicit", None, chosen, rejected, index, where)

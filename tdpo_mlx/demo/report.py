@@ -88,7 +88,7 @@ def _moving_average(y: Sequence[float], window: int) -> np.ndarray:
 
 def plot_kl_curves(metrics: dict, path, methods: Sequence[str] = METHODS, smooth: int = 3) -> None:
     """Sequential KL(pi_ref || pi_theta) on chosen and rejected training responses and
-    ``kl/margin`` (= KL on rejected - KL on chosen, the TDPO2 term) over training steps, one
+    ``kl/margin`` (= KL on chosen - KL on rejected, as the authors log it) over training steps, one
     line per method (TDPO Fig. 2b-d). Dots: logged values (each a few pairs, noisy); lines:
     trailing mean over ``smooth`` records."""
     import matplotlib
@@ -99,7 +99,7 @@ def plot_kl_curves(metrics: dict, path, methods: Sequence[str] = METHODS, smooth
     keys = [
         ("kl/chosen", "chosen (preferred)"),
         ("kl/rejected", "rejected (dispreferred)"),
-        ("kl/margin", "margin = rejected - chosen"),
+        ("kl/margin", "margin = chosen - rejected"),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
     for ax, (k, title) in zip(axes, keys):
@@ -205,7 +205,7 @@ def write_report(
         "![KL curves](kl_curves.png)",
         "",
         "Sequential KL(π_ref ‖ π_θ) of chosen and rejected training responses and `kl/margin` "
-        "(rejected - chosen) over steps, from each run's `metrics.jsonl` (TDPO Fig. 2b-d). In the paper "
+        "(chosen - rejected) over steps, from each run's `metrics.jsonl` (TDPO Fig. 2b-d). In the paper "
         "DPO's KL grows fastest, on dispreferred responses most, while TDPO2 keeps both low; the curves "
         "above show what this run did.",
         "",
