@@ -153,7 +153,7 @@ def load_checkpoint(directory, model, optimizer) -> dict:
         if k in have and v.shape != have[k].shape
     ]
     if errors:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {directory} does not match the model's adapters "
             "(same --lora-* options needed):\n" + "\n".join(errors[:20])
         )

@@ -81,7 +81,7 @@ def near_misses(path: str | os.PathLike) -> str:
         names = [c.name for c in parent.iterdir()]
     except OSError:
         return ""
-    hint = did_you_mean(p.name, names)
+    hint = did_you_mean(p.name, names, n=2, cutoff=0.75)
     if not hint:
         return ""
     close = hint[len(" (did you mean ") : -2].split(", ")

@@ -191,7 +191,7 @@ def test_wrong_value_types_are_named():
         load_preference_data(
             [{"prompt": [{"text": "Q"}], "chosen": " a", "rejected": " b"}], tokenizer=chatml_tokenizer()
         )
-    with pytest.raises(ValueError, match="unknown data_format"):
+    with pytest.raises(ValueError, match="--data-format: unknown format .xml."):
         load_preference_data(ROWS, tokenizer=plain_tokenizer(), data_format="xml")
 
 
@@ -270,7 +270,10 @@ def test_conversational_needs_a_template(tmp_path):
     tok = plain_tokenizer()
     # no special end token in this template: the reply gets EOS appended once
     assert pair.chosen_ids == tok.encode("a", add_special_tokens=False) + [tok.eos_token_id]
-    with pytest.raises(ValueError, match="chat template file not found"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"--chat-template: chat template file \(.jinja\) not found: .*none.jinja \(did you mean .*t.jinja\?\)",
+    ):
         load_preference_data([row], tokenizer=tok, chat_template=str(tmp_path / "none.jinja"))
 
 

@@ -24,8 +24,8 @@ def _rows(n, tag="t"):
     [
         ({"question": "Why?", "chosen": " yes", "rejected": " no"}, "--prompt-key question"),
         ({"instruction": "Do", "chosen": " yes", "rejected": " no", "id": 3}, "--prompt-key instruction"),
-        ({"chosen": " yes", "rejected": " no", "source": "web"}, "also the text key(s) ['source']"),
-        ({"query": "x", "good": " yes", "bad": " no"}, "no 'chosen' key"),
+        ({"chosen": " yes", "rejected": " no", "source": "web"}, "it also has ['source']"),
+        ({"query": "x", "good": " yes", "bad": " no"}, "no 'chosen' key (and no 'prompt')"),
         ({"chosen": " yes"}, "no 'rejected' key"),
     ],
 )
@@ -34,7 +34,7 @@ def test_unknown_text_keys_are_an_error_not_the_hh_format(tmp_path, row, culprit
     with pytest.raises(DataError) as e:
         load_preference_data(f, tokenizer=plain_tokenizer())
     msg = str(e.value)
-    assert culprit in msg and f"{f}:1 (record 0)" in msg and "keys found: " in msg and "--data-format implicit" in msg
+    assert culprit in msg and f"{f}:1 (record 0)" in msg and "keys found: " in msg and "--prompt-key" in msg
 
 
 def test_the_mapping_option_fixes_it_and_keeps_the_question(tmp_path):
@@ -51,7 +51,7 @@ def test_hh_shape_only_and_each_record_checked(tmp_path):
     hh = {"chosen": "\n\nHuman: hi\n\nAssistant: yes", "rejected": "\n\nHuman: hi\n\nAssistant: no", "id": 7}
     pairs, s = load_preference_data([hh], tokenizer=tok)
     assert s.data_format == "implicit" and tok.decode(pairs[0].prompt_ids) == "\n\nHuman: hi\n\nAssistant:"
-    with pytest.raises(DataError, match=r"\(record 1\): has no 'prompt' key .* \['note'\]"):
+    with pytest.raises(DataError, match=r"\(record 1\): record has no 'prompt' key .* \['note'\]"):
         load_preference_data([hh, {**hh, "note": "extra"}], tokenizer=tok)
     # asked for explicitly, the other keys are ignored
     assert load_preference_data([{**hh, "note": "x"}], tokenizer=tok, data_format="implicit")[1].kept == 1

@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         _subparser(parser, args).error("unrecognized arguments: " + " ".join(extra))
     if not getattr(args, "command", None) or not hasattr(args, "func"):
-        parser.print_help()
-        return 2
+        return _fail("tdpo-mlx", f"choose a command: {', '.join(COMMANDS)} (tdpo-mlx --help)")
     try:
         return int(args.func(args) or 0)
     except UserError as e:

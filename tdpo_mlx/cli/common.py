@@ -68,3 +68,74 @@ def check_adapter_path(value: str | None, option: str = "--adapter-path") -> str
                 "(adapters.safetensors + adapter_config.json)"
             )
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    v = non_negative_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return v
+
+
+def probability(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
+    return v
+
+
+def check_output_dir(value, option: str = "--out", overwrite_flag: str | None = "--overwrite") -> None:
+    """An output folder may be new or empty (or, with its overwrite flag given, anything but a file).
+
+    Raises:
+        UserError: it is a file; AlreadyExistsError: not empty and ``overwrite_flag`` was not given
+            (pass ``overwrite_flag=None`` when it was).
+    """
+    from ..errors import AlreadyExistsError
+
+    p = Path(value).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{option} {value} is a file; give a folder")
+    if overwrite_flag and p.is_dir() and any(p.iterdir()):
+        raise AlreadyExistsError(
+            f"{option} {value} exists and is not empty; choose another {option} or pass {overwrite_flag}"
+        )
+
+
+def check_prompts_file(value, option: str) -> None:
+    """A prompts file exists, is UTF-8 text and holds at least one prompt line.
+
+    Raises:
+        NotFoundError, UserError: naming the option and the file (and line, for bad bytes).
+    """
+    from ..errors import read_text
+
+    if not read_text(value, "prompt file", option).strip():
+        raise UserError(f"{option} {value}: the file is empty; give one prompt per line (or JSON lines with 'prompt')")

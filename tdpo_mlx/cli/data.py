@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import HelpFormatter
+from ..errors import UserError
+from .common import HelpFormatter, check_model
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -47,12 +48,17 @@ def add_parser(subparsers) -> None:
         "inspect",
         help="show the first records as the model sees them, then the summary",
         formatter_class=HelpFormatter,
+        epilog="examples:\n"
+        "  tdpo-mlx data inspect --model gemma3-270m --data pairs.jsonl -n 2\n"
+        "  tdpo-mlx data inspect --model ./my-model --data qa.csv --prompt-key question --chosen-key good "
+        "--rejected-key bad\n"
+        "  tdpo-mlx data inspect --model ./my-model --data chats.jsonl --chat-template chatml.jinja",
     )
     q.add_argument(
         "--model", required=True, help="model directory, Hugging Face id or named source (its tokenizer is used)"
     )
     add_data_options(q)
-    q.add_argument("-n", "--num-records", type=int, default=3, help="records to show")
+    q.add_argument("-n", "--num-records", type=int, default=3, help="records to show (0 = only the summary)")
     q.add_argument("--show-ids", action="store_true", help="also print the token ids")
     q.add_argument("--strict", action="store_true", help="fail on the first refused record")
     p.set_defaults(func=run)
@@ -94,10 +100,14 @@ def render_pair(rules, pair) -> str:
 
 def run(args) -> int:
     if getattr(args, "data_command", None) != "inspect":
-        print("usage: tdpo-mlx data inspect --data ... --model ...")
-        return 2
+        raise UserError("choose an action: tdpo-mlx data inspect --model MODEL --data FILE")
     from tdpo_mlx.data import load_preference_data
-    from tdpo_mlx.data.encode import TokenRules
+    from tdpo_mlx.data.encode import TokenRules, load_chat_template
+    from tdpo_mlx.data.sources import check_data_path
+
+    check_model(args.model)
+    check_data_path(args.data, "--data")
+    load_chat_template(args.chat_template)
 
     tokenizer = load_tokenizer(args.model)
     pairs, summary = load_preference_data(

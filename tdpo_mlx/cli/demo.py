@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from .common import HelpFormatter
+from .common import HelpFormatter, check_model, check_output_dir, positive_float, positive_int
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -22,8 +22,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="tdpo-demo", help="output folder (resumes a run found there)")
     p.add_argument("--quick", action="store_true", help="small preset: under 10 minutes on 2 CPU cores")
     p.add_argument("--model", default=None, help="base model (default: gemma3-270m)")
-    p.add_argument("--iters", type=int, default=None, help="training steps per method (preset's by default)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (preset's by default)")
+    p.add_argument("--iters", type=positive_int, default=None, help="training steps per method (preset's by default)")
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (preset's by default)")
     p.add_argument(
         "--methods",
         nargs="+",
@@ -39,6 +39,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..demo import FULL, QUICK, run_demo
+
+    if args.model is not None:
+        check_model(args.model)
+    check_output_dir(args.out, "--out", overwrite_flag=None)
 
     cfg = QUICK if args.quick else FULL
     over = {

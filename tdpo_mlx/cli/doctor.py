@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import HelpFormatter
+from .common import HelpFormatter, positive_int
 
 #: Below this float32 matmul throughput (GFLOP/s) on the CPU backend, training is impractically slow.
 SLOW_GFLOPS = 30.0
@@ -23,8 +23,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--size", type=int, default=1024, help="square matmul size n (2 n^3 flops)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats (best is reported)")
+    p.add_argument("--size", type=positive_int, default=1024, help="square matmul size n (2 n^3 flops)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats (best is reported)")
     p.add_argument(
         "--compare",
         action=argparse.BooleanOptionalAction,

@@ -7,7 +7,14 @@ import json
 import pathlib
 import sys
 
-from .common import HelpFormatter
+from .common import (
+    HelpFormatter,
+    check_adapter_path,
+    check_model,
+    check_output_dir,
+    check_prompts_file,
+    positive_int,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -26,9 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--adapter-path", default=None, help="trained adapters (omit to evaluate the base model)")
     p.add_argument("--prompts", required=True, help="prompt file: one per line, or JSON lines with 'prompt'")
     p.add_argument("--reward", default="sentiment", help="'sentiment' (VADER compound) or module:function")
-    p.add_argument("--samples-per-prompt", type=int, default=2, help="samples per prompt from each model")
+    p.add_argument("--samples-per-prompt", type=positive_int, default=2, help="samples per prompt from each model")
     add_sampling_options(p, max_tokens=48, batch_size=16)
-    p.add_argument("--score-batch-size", type=int, default=8, help="rows per teacher-forced KL forward")
+    p.add_argument("--score-batch-size", type=positive_int, default=8, help="rows per teacher-forced KL forward")
     p.add_argument("--out", required=True, help="output folder (eval.json, eval.md, samples.jsonl)")
     p.set_defaults(func=run)
     return p
@@ -46,6 +53,10 @@ def run(args) -> int:
     )
     from ..rewards import load_reward
 
+    check_model(args.model)
+    check_adapter_path(args.adapter_path)
+    check_prompts_file(args.prompts, "--prompts")
+    check_output_dir(args.out, "--out", overwrite_flag=None)
     reward_fn = load_reward(args.reward)
     prompts = read_prompts(args.prompts)
     model, tokenizer = load_model(args.model, args.adapter_path)

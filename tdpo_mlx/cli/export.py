@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import HelpFormatter
+from .common import HelpFormatter, check_adapter_path, check_model, check_output_dir
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="re-quantize a --to mlx export (without it the fused model is saved dequantized in --dtype)",
     )
-    p.add_argument("--q-group-size", type=int, default=64, help="group size for --quantize")
+    p.add_argument("--q-group-size", type=int, choices=[32, 64, 128], default=64, help="group size for --quantize")
     p.add_argument(
         "--base-model-name",
         default=None,
@@ -50,12 +50,40 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def written_summary(out) -> str:
+    """What the export holds, read back from its files: the float dtype(s) of the saved
+    tensors (safetensors headers) and, for a quantized MLX export, its bits and group size."""
+    import json
+    import struct
+    from pathlib import Path
+
+    dtypes = set()
+    for f in sorted(Path(out).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        dtypes |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    floats = sorted(_SAFETENSORS_DTYPES.get(d, d) for d in dtypes if d in _SAFETENSORS_DTYPES)
+    text = "weights " + "/".join(floats) if floats else "no float weights"
+    cfg = Path(out) / "config.json"
+    q = json.loads(cfg.read_text()).get("quantization") if cfg.is_file() else None
+    if q:
+        text += f"; {q.get('bits')}-bit quantized, group size {q.get('group_size')}"
+    return text
+
+
 def run(args) -> int:
     import warnings
 
     import tdpo_mlx  # noqa: F401  (fast BLAS before mlx.core)
     from tdpo_mlx.export import export
 
+    check_model(args.model)
+    check_adapter_path(args.adapter_path)
+    check_output_dir(args.out, "--out", overwrite_flag=None if args.overwrite else "--overwrite")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # collected in result.warnings and printed below
         result = export(
@@ -78,7 +106,7 @@ def run(args) -> int:
         print(
             f"warning: ... and {len(result.warnings) - 10} more (all listed in {result.out}/README.md)", file=sys.stderr
         )
-    print(f"wrote {result.to} export to {result.out}" + (f" ({result.dtype})" if result.dtype else ""))
+    print(f"wrote {result.to} export to {result.out} ({written_summary(result.out)})")
     print(f"  adapted modules: {len(result.adapted_modules)}; files: {', '.join(result.files)}")
     if result.hub_url:
         print(f"  uploaded to {result.hub_url}")

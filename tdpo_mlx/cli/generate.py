@@ -6,24 +6,35 @@ import argparse
 import json
 import sys
 
-from .common import HelpFormatter
+from .common import (
+    HelpFormatter,
+    check_adapter_path,
+    check_model,
+    check_prompts_file,
+    non_negative_float,
+    positive_int,
+    probability,
+)
 
 
 def add_sampling_options(p, *, max_tokens: int, batch_size: int) -> None:
     """Sampling options shared by ``generate`` and ``eval`` (mlx-lm's sampler settings)."""
-    p.add_argument("--max-tokens", type=int, default=max_tokens, help="maximum new tokens per sample")
-    p.add_argument("--temp", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--max-tokens", type=positive_int, default=max_tokens, help="maximum new tokens per sample")
+    p.add_argument("--temp", type=non_negative_float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="random seed (the same for policy and reference)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="sequences decoded together")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help="sequences decoded together")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "generate",
         help="sample completions from a model (+ adapters)",
-        description="Sample completions for one prompt or a file of prompts (one per line, or JSON "
+        description="Sample completions for one prompt or a file of prompts (one per line, or JSON\n"
         "lines with a 'prompt' field), batched with mlx-lm. Prompts are fed as raw text.",
+        epilog="examples:\n"
+        '  tdpo-mlx generate --model gemma3-270m --prompt "The movie was"\n'
+        "  tdpo-mlx generate --model gemma3-270m --adapter-path runs/tdpo2 --prompt-file prompts.txt --num-samples 4",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="gemma3-270m", help="mlx-lm model dir, hub id, or 'gemma3-270m'")
@@ -31,7 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="a prompt text")
     src.add_argument("--prompt-file", help="file of prompts")
-    p.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
+    p.add_argument("--num-samples", type=positive_int, default=1, help="completions per prompt")
     add_sampling_options(p, max_tokens=64, batch_size=8)
     p.add_argument("--json", action="store_true", help="print one JSON object per completion")
     p.set_defaults(func=run)
@@ -41,6 +52,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..evaluate import generate_samples, load_model, read_prompts
 
+    check_model(args.model)
+    check_adapter_path(args.adapter_path)
+    if args.prompt_file is not None:
+        check_prompts_file(args.prompt_file, "--prompt-file")
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompt_file)
     model, tokenizer = load_model(args.model, args.adapter_path)
     samples = generate_samples(

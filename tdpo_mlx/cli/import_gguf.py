@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import HelpFormatter
+from .common import HelpFormatter, check_output_dir
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -37,8 +37,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="quantize linear/embedding weights to this many bits with mlx-lm (affine, per group)",
     )
-    p.add_argument("--group-size", type=int, default=64, help="quantization group size (with --quantize)")
+    p.add_argument(
+        "--group-size", type=int, choices=[32, 64, 128], default=64, help="quantization group size (with --quantize)"
+    )
     p.add_argument("--force", action="store_true", help="replace --out if it already exists")
+    p.epilog = "examples:\n  tdpo-mlx import-gguf gemma3-270m --out models/gemma3-270m\n  tdpo-mlx import-gguf model.Q4_K_M.gguf --out models/m --dtype bfloat16"
     p.set_defaults(func=run)
     return p
 
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..gguf import import_gguf
 
+    check_output_dir(args.out, "--out", overwrite_flag=None if args.force else "--force")
     t0 = time.perf_counter()
     out = import_gguf(
         args.source,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -138,7 +140,7 @@ class BatchIterator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(pairs) < batch_size:
-            raise ValueError(f"{len(pairs)} pairs are fewer than one batch of {batch_size}")
+            raise UserError(f"{len(pairs)} training pairs are fewer than one batch of {batch_size}; lower --batch-size")
         self._np = np
         self.pairs = list(pairs)
         self.batch_size = batch_size

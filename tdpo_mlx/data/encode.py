@@ -42,9 +42,9 @@ Token rules (issue 3; cases D1-D9 in ``../shared/cases/preference-data.md``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .sources import PreferenceRecord, RecordRefused
+from ..errors import UserError, read_text
+from .sources import DataError, PreferenceRecord, RecordRefused
 
 HH_MARKER = "\n\nAssistant:"
 TRUNCATION_MODES = ("keep_end", "keep_start")
@@ -95,11 +95,11 @@ class TokenRules:
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         self.eos_id = getattr(tokenizer, "eos_token_id", None)
         if self.eos_id is None:
-            raise ValueError("the tokenizer has no EOS token (eos_token_id is None); responses need one")
+            raise UserError("the tokenizer has no EOS token (eos_token_id is None); responses need one")
         if add_bos is None:
             add_bos = self.bos_id is not None and list(tokenizer.encode("a"))[:1] == [self.bos_id]
         if add_bos and self.bos_id is None:
-            raise ValueError("add_bos=True but the tokenizer has no BOS token")
+            raise UserError("add_bos=True but the tokenizer has no BOS token")
         self.add_bos = bool(add_bos)
         special = set(getattr(tokenizer, "all_special_ids", ()) or ())
         for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
@@ -141,7 +141,7 @@ class TokenRules:
 
     def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         if not self.has_template:
-            raise ValueError(
+            raise DataError(
                 "conversational data needs a chat template but the tokenizer has none; "
                 "pass chat_template=<file.jinja> (--chat-template)"
             )
@@ -166,10 +166,10 @@ def load_chat_template(chat_template: str | None) -> str | None:
         return None
     if "{%" in chat_template or "{{" in chat_template:
         return chat_template
-    p = Path(chat_template).expanduser()
-    if not p.is_file():
-        raise ValueError(f"chat template file not found: {p} (--chat-template takes a .jinja file)")
-    return p.read_text(encoding="utf-8")
+    text = read_text(chat_template, "chat template file (.jinja)", "--chat-template")
+    if not text.strip():
+        raise UserError(f"--chat-template {chat_template}: the file is empty")
+    return text
 
 
 # ----------------------------------------------------------------------------- plain text
@@ -433,7 +433,7 @@ def encode_chat_record(rules: TokenRules, rec: PreferenceRecord):
     p_ids, h_ids, c_ids, r_ids = (rules.encode(t) for t in (p_text, h_text, c_text, r_text))
     for name, full in (("chosen", c_ids), ("rejected", r_ids)):
         if full[: len(h_ids)] != h_ids:
-            raise ValueError(
+            raise DataError(
                 f"{where}: the chat template renders the prompt messages differently once the {name} "
                 f"reply is added (first difference at token {_common_prefix(full, h_ids)}); the "
                 "response boundary cannot be found. Use another template (--chat-template)"
@@ -455,7 +455,7 @@ def encode_chat_record(rules: TokenRules, rec: PreferenceRecord):
         for m in msgs:
             want = _content_text(m["content"]).strip()
             if want and want not in text:
-                raise ValueError(
+                raise DataError(
                     f"{where}: the {name} reply's text is not in its scored tokens after the chat "
                     f"template (boundary at token {b}); the template alters or drops the reply. "
                     "Use another template (--chat-template)"
@@ -494,9 +494,9 @@ def truncate_pair(
         ValueError: bad limits or mode.
     """
     if truncation_mode not in TRUNCATION_MODES:
-        raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
+        raise UserError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
     if not 1 <= max_prompt_length < max_length:
-        raise ValueError(
+        raise UserError(
             f"need 1 <= max_prompt_length < max_length, got max_prompt_length="
             f"{max_prompt_length}, max_length={max_length} (--max-prompt-length, --max-length)"
         )

@@ -180,12 +180,14 @@ def split_holdout(pairs, fraction: float, seed: int = 0) -> tuple[list, list]:
 
     pairs = list(pairs)
     if not 0 <= fraction < 1:
-        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+        raise UserError(f"--eval-fraction must be in [0, 1), got {fraction}")
     if fraction == 0:
         return pairs, []
     n = len(pairs)
     if n < 2:
-        raise ValueError(f"cannot hold out a fraction of {n} pair(s)")
+        raise UserError(
+            f"cannot hold out a fraction of {n} pair(s) for evaluation; pass --eval-fraction 0 or --eval-data"
+        )
     k = min(max(int(round(fraction * n)), 1), n - 1)
     held = set(np.random.default_rng([seed, 7919]).permutation(n)[:k].tolist())
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFoundError, UserError, looks_like_path, near_misses
+from ..errors import NotFoundError, UserError, did_you_mean, looks_like_path, near_misses
 
 FORMATS = ("auto", "standard", "implicit", "conversational")
 _FORMAT_ALIASES = {
@@ -303,7 +303,7 @@ def read_rows(data, split: str = "train") -> Rows:
         rows = _read_file(path, split)
         if split not in (None, "train") and not rows.split_selected:
             # never hand back the training records as another split
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"{path} is a single file and has no {split!r} split; put train/valid/test files "
                 "in a directory, pass that split's file itself, or hold out pairs (split_holdout)"
             )
@@ -319,11 +319,11 @@ def read_rows(data, split: str = "train") -> Rows:
             for s in (split,) + SPLIT_ALIASES.get(split, ()):
                 if s in dd:
                     return _from_dataset(dd[s], f"{path}[{s}]")
-            raise FileNotFoundError(f"{path}: no split {split!r}; splits are {list(dd)}")
+            raise NotFoundError(f"{path}: no split {split!r}; splits are {list(dd)}")
         if (path / "state.json").is_file():
             return _from_dataset(datasets.load_from_disk(str(path)), str(path))
         found = sorted(p.name for p in path.iterdir())[:20]
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{path}: no {split!r} file (looked for {'/'.join(SPLIT_ALIASES.get(split, (split,)))} "
             f"with {', '.join(SUFFIXES)}); the folder holds {found}"
         )
@@ -350,7 +350,10 @@ def check_data_path(data, option: str = "data") -> None:
 def normalize_format(data_format: str) -> str:
     f = _FORMAT_ALIASES.get(data_format, data_format)
     if f not in FORMATS:
-        raise ValueError(f"unknown data_format {data_format!r}; use one of {FORMATS} (--data-format)")
+        raise UserError(
+            f"--data-format: unknown format {data_format!r}; use one of {', '.join(FORMATS)}"
+            + did_you_mean(data_format, FORMATS)
+        )
     return f
 
 
@@ -384,19 +387,20 @@ def check_implicit_shape(row: dict, where: str, *, prompt_key: str, chosen_key: 
     """
     missing = [k for k in (chosen_key, rejected_key) if k not in row]
     other = sorted(str(k) for k, v in row.items() if k not in (chosen_key, rejected_key) and isinstance(v, str))
-    if not missing and not other:
-        return
-    fix = (
-        f"map them with --prompt-key {other[0]}" if other else "map them with --prompt-key/--chosen-key/--rejected-key"
-    )
-    what = f"no {missing[0]!r} key" if missing else f"also the text key(s) {other}"
-    raise DataError(
-        f"{where or 'record'}: has no {prompt_key!r} key and is not the implicit (HH) shape of exactly "
-        f"{chosen_key!r} and {rejected_key!r} texts: {what}; keys found: {sorted(map(str, row))}. "
-        f"If a key holds the prompt, {fix}"
-        + (" (and --chosen-key/--rejected-key)" if other and missing else "")
-        + "; to drop the other keys and split whole dialogues, pass --data-format implicit"
-    )
+    found = sorted(map(str, row))
+    where = where or "record"
+    if missing:
+        raise DataError(
+            f"{where}: record has no {missing[0]!r} key (and no {prompt_key!r}); keys found: {found}. "
+            "Map yours with --prompt-key, --chosen-key and --rejected-key"
+        )
+    if other:
+        raise DataError(
+            f"{where}: record has no {prompt_key!r} key and is not the implicit (HH) shape of exactly "
+            f"{chosen_key!r} and {rejected_key!r} texts: it also has {other}; keys found: {found}. "
+            f"If {other[0]!r} holds the prompt pass --prompt-key {other[0]}; to split whole dialogues "
+            "and ignore the other keys pass --data-format implicit"
+        )
 
 
 def _need(row: dict, key: str, role: str, where: str):

@@ -34,10 +34,10 @@ def parse_size(text: str | int) -> int:
         return text
     s = str(text).strip().upper().replace(" ", "")
     units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
-    for unit, mult in units.items():
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * mult)
     try:
+        for unit, mult in units.items():
+            if s.endswith(unit):
+                return int(float(s[: -len(unit)]) * mult)
         return int(s)
     except ValueError:
         raise UserError(f"--max-shard-size {text!r}: use a byte count or a number with KB/MB/GB/KiB/MiB/GiB") from None

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_directory, save_safetensors, write_json
-from ..errors import AlreadyExistsError, NotFoundError, UserError, did_you_mean
+from ..errors import AlreadyExistsError, NotFoundError, UserError, did_you_mean, near_misses
 
 SUPPORTED_ARCHITECTURES = ("gemma3", "llama", "qwen2")
 
@@ -808,8 +808,8 @@ def _source_file(source: str | os.PathLike) -> Iterator[Path]:
     p = Path(s).expanduser()
     if not p.exists():
         raise NotFoundError(
-            f"GGUF source {s!r} is neither a file nor a named source ({', '.join(NAMED_SOURCES)})"
-            + did_you_mean(s, NAMED_SOURCES)
+            f"GGUF source not found: {s!r} is neither a file nor a named source ({', '.join(NAMED_SOURCES)})"
+            + (did_you_mean(s, NAMED_SOURCES) or near_misses(s))
         )
     yield p
 
