@@ -337,6 +337,8 @@ def load_config_file(path: str | os.PathLike) -> dict:
     if path.endswith(".json"):
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     else:
@@ -344,6 +346,8 @@ def load_config_file(path: str | os.PathLike) -> dict:
 
         try:
             data = yaml.safe_load(text)
+        except RecursionError:
+            raise UserError(f"{path}: not valid YAML (nested too deeply)") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             at = f":{mark.line + 1}" if mark is not None else ""

@@ -47,6 +47,7 @@ def ws(tmp_path_factory):
         "syntax.yaml": "lr: [1e-4\n",
         "loss.json": '{"loss": "tdpo3"}',
         "quant.yaml": "quantize: 3\n",
+        "deep.yaml": "[" * 5000,
     }.items():
         w(name, text)
     (d / "latin1.yaml").write_bytes(b"model: caf\xe9\n")
@@ -107,6 +108,7 @@ ROWS = [
     (T("--config", "{d}/quant.yaml"), "quantize: 3 is not one of 4, 8"),
     (T("--config", "{d}/latin1.yaml"), "not UTF-8"),
     (T("--config", "{d}/missing.yaml"), "config file not found"),
+    (T("--config", "{d}/deep.yaml"), "nested too deeply"),
     # train: options
     (T("--lora-rnk", "4"), "did you mean --lora-rank"),
     (T("--loss", "tdpo3"), "invalid choice"),

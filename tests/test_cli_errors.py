@@ -52,3 +52,20 @@ def test_real_entry_point_prints_one_line(tmp_path):
         [sys.executable, "-m", "tdpo_mlx", "train", "--config", str(f)], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.json: lr: expected a number" in r.stderr
+
+
+def test_hub_failures_are_one_line_naming_the_hub_id(monkeypatch, capsys):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    import tdpo_mlx.evaluate as ev
+
+    def offline(*a, **k):
+        raise LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known\nmore")
+
+    monkeypatch.setattr(ev, "load_model", offline)
+    rc, _, err = _run(["generate", "--model", "someone/some-model", "--prompt", "hi"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "hub could not provide what was asked for --model someone/some-model (LocalEntryNotFoundError: Got" in err
+    monkeypatch.setattr(ev, "load_model", lambda *a, **k: 1 / 0)  # a bug keeps its traceback
+    with pytest.raises(ZeroDivisionError):
+        main(["generate", "--model", "someone/some-model", "--prompt", "hi"])

@@ -349,7 +349,7 @@ def test_cli_export(llama, tmp_path, capsys):
         ]
     )
     assert rc == 0
-    assert "wrote hf export" in capsys.readouterr().out
+    assert "wrote hf export" in (out := capsys.readouterr().out) and "(weights float16)" in out
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "float16"
     rc = main(["export", "--model", str(model), "--to", "peft", "--out", str(tmp_path / "p")])
     assert rc == 2 and "--to peft needs --adapter-path" in capsys.readouterr().err
@@ -426,7 +426,10 @@ def test_requantizing_a_qlora_fuse_warns_per_layer(tmp_path, capsys):
         )
         == 0
     )
-    assert capsys.readouterr().err.count("warning: model.layers.2.") == 7
+    cap = capsys.readouterr()
+    assert cap.err.count("warning: model.layers.2.") == 7
+    # the summary reads back what was written: float tensors' dtype and the quantization
+    assert "4-bit quantized, group size 32)" in cap.out and "(weights float32;" in cap.out
 
 
 def test_peft_embedding_lora_keys_and_tied_error(tmp_path):

@@ -118,6 +118,31 @@ def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
     return parser
 
 
+_HUB_MODULES = ("huggingface_hub", "requests", "httpx", "urllib3", "datasets")
+
+
+def _from_hub(e: BaseException) -> bool:
+    """Whether ``e`` is the hub (or the network under it) failing to provide a model or dataset."""
+    return type(e).__module__.split(".")[0] in _HUB_MODULES
+
+
+def _hub_message(args: argparse.Namespace, e: BaseException) -> str:
+    """One line naming the hub ids the command was given and the hub's own first line."""
+    from pathlib import Path
+
+    names = [
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in sorted(vars(args).items())
+        if k in ("model", "ref_model", "data", "eval_data") and isinstance(v, str) and not Path(v).exists()
+    ]
+    first = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
+    asked = f" for {', '.join(names)}" if names else ""
+    return (
+        f"the Hugging Face hub could not provide what was asked{asked} ({type(e).__name__}: {first}); "
+        "check the name (owner/name), that it is a local path if you meant one, and the network"
+    )
+
+
 def _prog(args: argparse.Namespace) -> str:
     words = ["tdpo-mlx", getattr(args, "command", None), getattr(args, "data_command", None)]
     return " ".join(w for w in words if w)
@@ -140,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         return _fail(_prog(args), str(e), e if debug else None)
+    except Exception as e:
+        if not _from_hub(e):
+            raise
+        return _fail(_prog(args), _hub_message(args, e), e if debug else None)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

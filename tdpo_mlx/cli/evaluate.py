@@ -28,6 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "samples (sum over generated tokens of the full-vocabulary KL), the policy's per-token "
         "entropy, the win rate over the reference (ties count half) and distinct-1/2.",
         formatter_class=HelpFormatter,
+        epilog="examples:\n"
+        "  tdpo-mlx eval --model gemma3-270m --adapter-path runs/tdpo2 --prompts openers.txt --out eval-tdpo2\n"
+        "  tdpo-mlx eval --model gemma3-270m --prompts openers.txt --reward my_rewards.py:score --out eval-base",
     )
     p.add_argument("--model", default="gemma3-270m", help="base model (dir, hub id, or 'gemma3-270m')")
     p.add_argument("--adapter-path", default=None, help="trained adapters (omit to evaluate the base model)")

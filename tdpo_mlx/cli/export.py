@@ -18,6 +18,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "optionally re-quantized). Every export gets a model card (README.md)."
         ),
         formatter_class=HelpFormatter,
+        epilog="examples:\n"
+        "  tdpo-mlx export --model gemma3-270m --adapter-path runs/tdpo2 --to peft --out peft-tdpo2\n"
+        "  tdpo-mlx export --model gemma3-270m --adapter-path runs/tdpo2 --to hf --dtype bfloat16 --out hf-tdpo2\n"
+        "  tdpo-mlx export --model gemma3-270m --adapter-path runs/tdpo2 --to mlx --quantize 4 --out mlx-tdpo2-4bit",
     )
     p.add_argument("--model", required=True, help="mlx-lm base model directory (or named source, e.g. gemma3-270m)")
     p.add_argument("--adapter-path", default=None, help="mlx-lm adapter directory (required for --to peft)")
