@@ -104,7 +104,7 @@ class TrainConfig:
     warmup_steps: int | None = _f(
         None,
         "linear warm-up steps: lr * min(1, (step + 1) / (warmup + 1)) as in the paper's code; "
-        "None = min(150, 10%% of the run's steps), so a short run still reaches its lr",
+        "without it: min(150, 10%% of the run's steps), so a short run still reaches its lr",
     )
     lr_schedule: str = _f(
         "constant", "after warm-up: constant, or cosine decay to 0 at the last step", choices=LR_SCHEDULES

@@ -272,9 +272,9 @@ def test_conversational_needs_a_template(tmp_path):
     assert pair.chosen_ids == tok.encode("a", add_special_tokens=False) + [tok.eos_token_id]
     with pytest.raises(
         FileNotFoundError,
-        match=r"--chat-template: chat template file \(.jinja\) not found: .*none.jinja \(did you mean .*t.jinja\?\)",
+        match=r"--chat-template: chat template file \(.jinja\) not found: .*tt.jinja \(did you mean .*/t.jinja\?\)",
     ):
-        load_preference_data([row], tokenizer=tok, chat_template=str(tmp_path / "none.jinja"))
+        load_preference_data([row], tokenizer=tok, chat_template=str(tmp_path / "tt.jinja"))
 
 
 def test_limit_and_summary_text():

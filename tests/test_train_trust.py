@@ -61,6 +61,9 @@ def test_resume_takes_the_checkpoints_alpha_and_refuses_a_conflicting_one(setup,
     )
     assert _train(setup, out, "--iters", "4", "--resume", "--dora") == 2
     assert "--dora True conflicts" in capsys.readouterr().err
+    other = make_model_dir(tmp_path / "other", seed=4)
+    assert _train((other, setup[1]), out, "--iters", "4", "--resume") == 2
+    assert f"--model {other} conflicts with the checkpoint" in capsys.readouterr().err
 
 
 def test_an_existing_run_is_not_overwritten_without_resume_or_overwrite(setup, tmp_path, capsys):
