@@ -86,7 +86,7 @@ RUN_FILES = ("adapters.safetensors", "adapter_config.json", "metrics.jsonl", "ch
 
 
 def check_inputs(config: TrainConfig, overwrite: bool = False) -> None:
-    """Everything checkable before a model is loaded: model and data paths (never sent to the
+    """Everything checkable before a model is loaded: --report-to packages, model and data paths (never sent to the
     hub when they look local), the chat template file, the resume checkpoint, and an
     ``--adapter-path`` that already holds a run (refused without ``--resume``/``--overwrite``).
 
@@ -96,7 +96,9 @@ def check_inputs(config: TrainConfig, overwrite: bool = False) -> None:
     from ..checkpoint import find_checkpoint
     from ..data.encode import load_chat_template
     from ..data.sources import check_data_path
+    from ..report import check_report_to
 
+    check_report_to(config.report_to)
     check_model(config.model, "--model")
     if config.ref_model:
         check_model(config.ref_model, "--ref-model")
