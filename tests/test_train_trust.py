@@ -89,3 +89,41 @@ def test_a_failed_run_leaves_no_empty_folder(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--prompt-key question" in err
     assert not out.exists()
+
+
+def test_chat_data_trains_from_the_command_line_with_a_template_file(setup, tmp_path, capsys):
+    """Conversational data and a model without a chat template: --chat-template FILE (the option
+    the data error points to) exists on train and reaches the loader."""
+    model, _ = setup
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": w + " is good"}],
+            "chosen": [{"role": "assistant", "content": "yes"}],
+            "rejected": [{"role": "assistant", "content": "no"}],
+        }
+        for w in ("the cat", "the dog", "a mat", "what", "how", "why")
+    ]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tpl = tmp_path / "t.jinja"
+    tpl.write_text("{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}")
+    args = ["train", "--model", str(model), "--data", str(data), "--iters", "1", "--batch-size", "2", "--no-progress"]
+    assert main(args + ["--adapter-path", str(tmp_path / "a")]) == 2
+    assert "needs a chat template" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(args + ["--adapter-path", str(tmp_path / "b"), "--chat-template", str(tpl)]) == 0
+    assert "format=conversational" in capsys.readouterr().out
+
+
+def test_default_warmup_lets_a_short_run_reach_its_lr():
+    from tdpo_mlx.config import TrainConfig
+    from tdpo_mlx.trainer import build_optimizer
+
+    for iters, first_full in ((3, 0), (12, 1), (30, 3)):
+        sched = build_optimizer(TrainConfig(lr=1e-3, iters=iters), iters)._schedulers["learning_rate"]
+        got = [float(sched(s)) for s in range(iters)]
+        # warm-up min(150, 10%) = 0, 1, 3 steps: full lr from then on (with 150 it would stay < lr / 37)
+        assert got[first_full:] == pytest.approx([1e-3] * (iters - first_full)), (iters, got)
+        assert all(g < 1e-3 for g in got[:first_full])
+    # set explicitly, the paper's 150 stands: 3 steps stay at lr * (s + 1) / 151
+    opt = build_optimizer(TrainConfig(lr=1e-3, iters=3, warmup_steps=150), 3)
+    assert float(opt._schedulers["learning_rate"](2)) == pytest.approx(1e-3 * 3 / 151)
