@@ -69,3 +69,29 @@ def test_hub_failures_are_one_line_naming_the_hub_id(monkeypatch, capsys):
     monkeypatch.setattr(ev, "load_model", lambda *a, **k: 1 / 0)  # a bug keeps its traceback
     with pytest.raises(ZeroDivisionError):
         main(["generate", "--model", "someone/some-model", "--prompt", "hi"])
+
+
+def test_every_option_a_data_error_names_exists_where_data_is_read():
+    """The data errors tell the user to pass --prompt-key, --chat-template, ...: each of those
+    options exists on `train` (and, unless it is about training, on `data inspect`)."""
+    import argparse
+    import pathlib
+    import re
+
+    import tdpo_mlx.data as data_pkg
+    from tdpo_mlx.cli import build_parser
+
+    def options(argv):
+        parser = build_parser(only=argv[0])
+        for name in argv:
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            parser = sub.choices[name]
+        return {s for a in parser._actions for s in a.option_strings}
+
+    text = "".join(p.read_text() for p in pathlib.Path(data_pkg.__file__).parent.glob("*.py"))
+    named = set(re.findall(r"--[a-z][a-z-]+", text))
+    assert {"--prompt-key", "--chat-template", "--data-format", "--system-key"} <= named
+    train, inspect = options(["train"]), options(["data", "inspect"])
+    training_only = {"--batch-size", "--eval-data", "--eval-fraction", "--max-eval-pairs"}
+    assert named <= train
+    assert named - training_only <= inspect
