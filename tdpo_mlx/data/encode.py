@@ -143,7 +143,7 @@ class TokenRules:
         if not self.has_template:
             raise DataError(
                 "conversational data needs a chat template but the tokenizer has none; "
-                "pass chat_template=<file.jinja> (--chat-template)"
+                "pass --chat-template FILE.jinja (chat_template= in Python)"
             )
         kw = {"chat_template": self.chat_template} if self.chat_template else {}
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kw)

@@ -105,7 +105,7 @@ def load_preference_data(
     if fmt == "conversational" and not rules.has_template:
         raise DataError(
             f"{src.name}: conversational data needs a chat template and the tokenizer has "
-            "none; pass chat_template=<file.jinja> (--chat-template)"
+            "none; pass --chat-template FILE.jinja (chat_template= in Python)"
         )
     pairs: list[EncodedPair] = []
     plen, rlen, slen = [], [], []
