@@ -95,3 +95,14 @@ def test_every_option_a_data_error_names_exists_where_data_is_read():
     training_only = {"--batch-size", "--eval-data", "--eval-fraction", "--max-eval-pairs"}
     assert named <= train
     assert named - training_only <= inspect
+
+
+def test_debug_environment_variable_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    (tmp_path / "c.yaml").write_text("seed: abc\n")
+    monkeypatch.setenv("TDPO_MLX_DEBUG", "1")
+    rc, _, err = _run(["train", "--config", str(tmp_path / "c.yaml")], capsys)
+    assert rc == 2 and "Traceback" in err and "UserError" in err
+    assert (
+        err.strip().splitlines()[-1]
+        == f"tdpo-mlx train: error: {tmp_path / 'c.yaml'}: seed: expected an integer, got 'abc' (str)"
+    )
