@@ -180,6 +180,10 @@ class TrainConfig:
             bad("lora_alpha", "must be > 0")
         return self
 
+    def changed_fields(self) -> set[str]:
+        """Names of the fields whose value differs from the default (what a Python caller set)."""
+        return {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
+
     def warmup_for(self, total_steps: int) -> int:
         """Warm-up steps of a run of ``total_steps``: ``warmup_steps`` when set, else
         ``min(150, 10% of total_steps)`` (150 is the paper's value; a short run still reaches its lr)."""

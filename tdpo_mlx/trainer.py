@@ -40,6 +40,7 @@ from .checkpoint import (
     find_checkpoint,
     load_checkpoint,
     read_metrics,
+    resume_settings,
     save_adapters,
     save_checkpoint,
 )
@@ -303,6 +304,8 @@ def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, tr
     """Load what :func:`train` needs (see its arguments), restore a checkpoint on ``config.resume``,
     write ``adapter_config.json``; returns the :class:`Run`."""
     config.validate()
+    if config.resume and model is None:  # the checkpoint's adapter settings are the truth
+        config = resume_settings(config, given=config.changed_fields())
     check_report_to(config.report_to)
     out_dir = Path(config.adapter_path)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -127,3 +127,17 @@ def test_default_warmup_lets_a_short_run_reach_its_lr():
     # set explicitly, the paper's 150 stands: 3 steps stay at lr * (s + 1) / 151
     opt = build_optimizer(TrainConfig(lr=1e-3, iters=3, warmup_steps=150), 3)
     assert float(opt._schedulers["learning_rate"](2)) == pytest.approx(1e-3 * 3 / 151)
+
+
+def test_python_api_resume_takes_the_checkpoints_alpha(setup, tmp_path):
+    from tdpo_mlx.config import TrainConfig
+    from tdpo_mlx.errors import UserError
+    from tdpo_mlx.trainer import train
+
+    model, data = setup
+    kw = dict(model=str(model), data=str(data), adapter_path=str(tmp_path / "api"), batch_size=2, progress=False)
+    train(TrainConfig(**kw, iters=2, lora_alpha=48.0, lora_rank=4, lora_keys=["q_proj"]))
+    train(TrainConfig(**kw, iters=3, resume="latest"))
+    assert _scale(tmp_path / "api") == 12.0
+    with pytest.raises(UserError, match=r"--lora-alpha 20.0 conflicts .* --lora-alpha 48.0"):
+        train(TrainConfig(**kw, iters=4, resume="latest", lora_alpha=20.0))
