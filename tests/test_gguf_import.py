@@ -629,7 +629,7 @@ def test_cli_import_gguf(tmp_path, capsys):
     write_llama_like(src, "llama", hf, {"default": Q.Q8_0})
     out = tmp_path / "cli-out"
     assert main(["import-gguf", str(src), "--out", str(out), "--dtype", "bfloat16"]) == 0
-    assert "imported" in capsys.readouterr().out
+    assert "imported" in (text := capsys.readouterr().out) and "(weights bfloat16;" in text  # read back
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["torch_dtype"] == "bfloat16" and gi.is_complete_import(out)
     import mlx.core as mx

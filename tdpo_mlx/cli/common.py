@@ -139,3 +139,28 @@ def check_prompts_file(value, option: str) -> None:
 
     if not read_text(value, "prompt file", option).strip():
         raise UserError(f"{option} {value}: the file is empty; give one prompt per line (or JSON lines with 'prompt')")
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def written_summary(out) -> str:
+    """What the export holds, read back from its files: the float dtype(s) of the saved
+    tensors (safetensors headers) and, for a quantized MLX export, its bits and group size."""
+    import json
+    import struct
+    from pathlib import Path
+
+    dtypes = set()
+    for f in sorted(Path(out).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        dtypes |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    floats = sorted(_SAFETENSORS_DTYPES.get(d, d) for d in dtypes if d in _SAFETENSORS_DTYPES)
+    text = "weights " + "/".join(floats) if floats else "no float weights"
+    cfg = Path(out) / "config.json"
+    q = json.loads(cfg.read_text()).get("quantization") if cfg.is_file() else None
+    if q:
+        text += f"; {q.get('bits')}-bit quantized, group size {q.get('group_size')}"
+    return text

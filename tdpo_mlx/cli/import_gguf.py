@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import HelpFormatter, check_output_dir
+from .common import HelpFormatter, check_output_dir, written_summary
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -67,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
     )
     secs = time.perf_counter() - t0
     size = _dir_size(out)
-    print(f"imported {args.source} -> {out} in {secs:.1f} s ({size / 2**20:.1f} MiB)")
+    print(f"imported {args.source} -> {out} in {secs:.1f} s ({written_summary(out)}; {size / 2**20:.1f} MiB)")
     print(f"load it with: mlx_lm.load({str(out)!r}) or --model {out}")
     return 0
