@@ -1,12 +1,32 @@
-"""The paper's controlled-sentiment experiment end to end (Zeng et al. 2024, Sec. 5.1, Fig. 2).
+"""The paper's two experiments end to end, offline (Zeng et al. 2024).
 
-:func:`run_demo` runs the stages (sample, pair, train DPO/TDPO1/TDPO2, evaluate, report) with
-the :data:`QUICK` or :data:`FULL` preset; each stage resumes when run again. Modules: ``config``
-(presets), ``run`` (stages), ``report`` (tables, plots, report.md).
+:func:`run_demo`: controlled sentiment (Sec. 5.1): sample, pair, train DPO/TDPO1/TDPO2 (several
+alphas and seeds), evaluate checkpoints along training, report the reward-KL frontier with a verdict
+sentence. :func:`run_hh`: Anthropic HH (Table 1): held-out preference accuracy and generation
+entropy. Presets :data:`QUICK`, :data:`FULL`, :data:`HH_QUICK`, :data:`HH_FULL`; every stage
+resumes when run again. Modules: ``config`` (presets, time estimate), ``run`` (sentiment stages),
+``hh`` (HH stages), ``report`` (frontier, verdict, tables, plots).
 """
 
-from .config import FULL, METHODS, QUICK, DemoConfig
-from .report import write_report
+from .config import FULL, HH_FULL, HH_QUICK, METHODS, QUICK, DemoConfig, HHConfig, estimate
+from .hh import run_hh
+from .report import frontier, hh_sentence, hh_table, verdict, write_report
 from .run import run_demo
 
-__all__ = ["FULL", "METHODS", "QUICK", "DemoConfig", "run_demo", "write_report"]
+__all__ = [
+    "FULL",
+    "HH_FULL",
+    "HH_QUICK",
+    "METHODS",
+    "QUICK",
+    "DemoConfig",
+    "HHConfig",
+    "estimate",
+    "frontier",
+    "hh_sentence",
+    "hh_table",
+    "run_demo",
+    "run_hh",
+    "verdict",
+    "write_report",
+]

@@ -12,11 +12,12 @@ Here, on the embedded default model (Gemma 3 270M, imported from a GGUF, no hub 
 2. ``samples``  K completions per train prompt from the reference (batched, resumable by chunk),
    scored by VADER compound sentiment (:func:`tdpo_mlx.rewards.sentiment_reward`);
 3. ``pairs``    best vs worst completion per prompt, near-ties (gap < ``min_reward_gap``) skipped;
-4. ``train``    LoRA adapters with DPO, TDPO1, TDPO2 under the same budget (:func:`tdpo_mlx.trainer.train`,
-   resumable from its checkpoints);
-5. ``eval``     reference and every adapter (and intermediate checkpoints) on held-out prompts
-   (:func:`tdpo_mlx.evaluate.evaluate_policy`);
-6. ``report``   ``report.md``, ``reward_vs_kl.png``, ``kl_curves.png``.
+   a fraction held out (scored during training: held-out preference accuracy);
+4. ``train``    LoRA adapters with DPO, TDPO1 and TDPO2 at each alpha, one run per seed, under the
+   same budget (:func:`tdpo_mlx.trainer.train`, resumable from its checkpoints);
+5. ``eval``     the reference and every run at evenly spaced checkpoints on the same held-out
+   prompts: per-sample reward and sequence KL(pi_theta || pi_ref), the points of each frontier;
+6. ``report``   ``report.md`` with the verdict sentence, ``reward_vs_kl.png``, ``kl_curves.png``.
 
 Every stage writes its outputs atomically into the output folder and is skipped when they exist,
 so an interrupted run continues where it stopped.
@@ -34,7 +35,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..atomic import write_json, write_jsonl
-from ..evaluate import Sample, markdown_table, summarize
+from ..errors import UserError
+from ..evaluate import Sample, summarize
 from .config import OPENERS, DemoConfig
 from .report import read_jsonl, read_metrics, write_report
 
@@ -160,12 +162,6 @@ def _load_eval_model(model_dir: str, cfg: DemoConfig):
     return model, tok
 
 
-def _load_adapter_weights(model, adapter_file) -> None:
-    from ..evaluate import load_adapter_weights
-
-    load_adapter_weights(model, adapter_file)
-
-
 def stage_samples(out: pathlib.Path, cfg: DemoConfig, model, tok, train_prompts, reward_fn, progress: bool):
     """K reference completions per train prompt, scored; chunk files make it resumable."""
     from ..evaluate import generate_samples
@@ -192,7 +188,7 @@ def stage_samples(out: pathlib.Path, cfg: DemoConfig, model, tok, train_prompts,
                 max_tokens=cfg.gen_max_tokens,
                 temp=cfg.temp,
                 top_p=cfg.top_p,
-                seed=cfg.seed * 7919 + c0,
+                seed=cfg.seeds[0] * 7919 + c0,
                 batch_size=cfg.gen_batch_size,
                 progress=progress,
                 desc=f"sample reference {c0 + len(ps)}/{len(train_prompts)} prompts",
@@ -209,40 +205,61 @@ def stage_samples(out: pathlib.Path, cfg: DemoConfig, model, tok, train_prompts,
     return [Sample.from_json(r["sample"]) for r in rows], [r["reward"] for r in rows]
 
 
-def stage_train(out: pathlib.Path, cfg: DemoConfig, model_dir: str, method: str, pairs: list[dict]) -> dict:
-    """Train one method's adapters (resuming from its latest checkpoint); returns train()'s result."""
-    from ..data import EncodedPair
+def stage_train(
+    out: pathlib.Path,
+    cfg,
+    model_dir: str,
+    variant: tuple,
+    seed: int,
+    train_pairs: list,
+    heldout_pairs: list,
+    *,
+    save_every: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Train one variant with one seed (resuming from its latest checkpoint); held-out pairs are
+    scored every ``save_every`` steps (``eval_rewards/accuracies`` in its metrics.jsonl).
+
+    Args:
+        variant: (name, loss, TDPO2 alpha or None) from ``cfg.variants()``.
+        train_pairs, heldout_pairs: :class:`tdpo_mlx.data.EncodedPair` lists.
+
+    Returns:
+        train()'s result (plain values), also written to ``done.json``.
+    """
     from ..trainer import TrainConfig, train
 
-    adir = out / "adapters" / method
+    name, loss, alpha = variant
+    adir = run_dir(out, name, seed)
     done = adir / "done.json"
     if done.exists():
         return _read_json(done)
-    encoded = [EncodedPair(p["prompt_ids"], p["chosen_ids"], p["rejected_ids"], index=i) for i, p in enumerate(pairs)]
     resume = "latest" if (adir / "checkpoints" / "latest.json").exists() else None
     tc = TrainConfig(
         model=model_dir,
         data=str(out / "pairs.jsonl"),
-        loss=method,
+        loss=loss,
         beta=cfg.beta,
-        alpha=cfg.alpha,
+        alpha=alpha if alpha is not None else 0.5,
         lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
         lr=cfg.lr,
         warmup_steps=cfg.warmup_steps,
         iters=cfg.iters,
         batch_size=cfg.batch_size,
-        eval_every=0,
-        save_every=cfg.save_every,
+        eval_every=save_every,
+        max_eval_pairs=0,
+        save_every=save_every,
         keep_checkpoints=0,
         steps_per_report=cfg.steps_per_report,
         adapter_path=str(adir),
         resume=resume,
-        seed=cfg.seed,
+        seed=seed,
         max_length=cfg.max_length,
         max_prompt_length=cfg.max_prompt_length,
+        progress=progress,
     )
-    result = train(tc, train_pairs=encoded, eval_pairs=[])
+    result = train(tc, train_pairs=train_pairs, eval_pairs=heldout_pairs)
     if result.get("interrupted"):
         raise KeyboardInterrupt
     result = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool, type(None)))}
@@ -250,96 +267,179 @@ def stage_train(out: pathlib.Path, cfg: DemoConfig, model_dir: str, method: str,
     return result
 
 
-def eval_points(out: pathlib.Path, cfg: DemoConfig, method: str) -> list[tuple[str, int, pathlib.Path]]:
-    """(name, step, adapters file) to evaluate for a method: intermediate checkpoints (when
-    ``eval_checkpoints``) and the final adapters."""
-    adir = out / "adapters" / method
-    pts = []
-    if cfg.eval_checkpoints:
-        for ck in sorted((adir / "checkpoints").glob("step-*")):
-            step = int(ck.name.split("-")[1])
-            if step < cfg.iters and (ck / "adapters.safetensors").exists():
-                pts.append((f"{method}@{step}", step, ck / "adapters.safetensors"))
-    pts.append((method, cfg.iters, adir / "adapters.safetensors"))
-    return pts
+def run_dir(out: pathlib.Path, name: str, seed: int) -> pathlib.Path:
+    """Folder of one training run: ``adapters/<variant>/seed-<seed>``."""
+    return pathlib.Path(out) / "adapters" / name / f"seed-{seed}"
 
 
-def stage_eval(out: pathlib.Path, cfg: DemoConfig, get_model, eval_prompts, reward_fn, progress: bool) -> dict:
-    """Evaluate the reference once, then every adapter point; one JSON file per point.
+def adapters_at(out: pathlib.Path, name: str, seed: int, step: int, final_step: int) -> pathlib.Path:
+    """The adapters file of a run after ``step`` steps (a checkpoint, or the final adapters)."""
+    d = run_dir(out, name, seed)
+    if step == final_step:
+        return d / "adapters.safetensors"
+    return d / "checkpoints" / f"step-{step:07d}" / "adapters.safetensors"
 
-    ``get_model()`` returns the (model, tokenizer) to evaluate with, loaded on first need."""
-    from ..evaluate import _pad_id, evaluate_policy, generate_samples, sample_statistics
-    from ..models import adapter_modules, adapters_disabled
 
-    edir = out / "eval"
+def encoded(pairs: list[dict]) -> list:
+    """Pair dicts (with prompt_ids/chosen_ids/rejected_ids) as trainer pairs."""
+    from ..data import EncodedPair
+
+    return [EncodedPair(p["prompt_ids"], p["chosen_ids"], p["rejected_ids"], index=i) for i, p in enumerate(pairs)]
+
+
+def score_samples(model, tok, samples, reward_fn, cfg, *, compute_kl: bool, progress: bool, desc: str) -> dict:
+    """Per-sample reward, sequence KL(pi_theta || pi_ref) (0 without ``compute_kl``), entropy sum
+    and token count of ``samples`` (plain lists, JSON-ready) plus the table row."""
+    from ..evaluate import _pad_id, sample_statistics
+
+    stats = sample_statistics(
+        model,
+        samples,
+        compute_kl=compute_kl,
+        batch_size=cfg.score_batch_size,
+        pad_id=_pad_id(tok),
+        progress=progress,
+        desc=desc,
+    )
+    rewards = [float(x) for x in reward_fn([s.prompt for s in samples], [s.completion for s in samples])]
+    return {
+        "stats": stats,
+        "rewards": rewards,
+        "kl": [float(x) for x in np.asarray(stats["kl"])],
+        "entropy_sum": [float(x) for x in np.asarray(stats["entropy_sum"])],
+        "n_tokens": [int(x) for x in np.asarray(stats["n_tokens"])],
+        "prompt_index": [s.prompt_index for s in samples],
+    }
+
+
+def eval_point(model, tok, prompts, reward_fn, cfg, *, name: str, seed: int, reference, progress: bool) -> dict:
+    """Sample ``cfg.eval_samples_per_prompt`` completions per prompt from ``model`` (adapters on,
+    or off for ``reference=None``) and score them; returns the point's JSON record: ``row``
+    (table row), per-sample ``rewards``, ``kl``, ``entropy_sum``, ``n_tokens``,
+    ``prompt_index`` and the ``samples``."""
+    from ..evaluate import generate_samples
+    from ..models import adapters_disabled
+
     kw = dict(
         samples_per_prompt=cfg.eval_samples_per_prompt,
         max_tokens=cfg.eval_max_tokens,
         temp=cfg.temp,
         top_p=cfg.top_p,
-        seed=cfg.seed + 12345,
+        seed=seed + 12345,
         batch_size=cfg.gen_batch_size,
+        progress=progress,
     )
-    ref_file = edir / "reference.json"
-    if ref_file.exists():
-        d = _read_json(ref_file)
-        ref = ([Sample.from_json(s) for s in d["samples"]], d["rewards"], d["row"])
-    else:
-        _say("  reference")
-        model, tok = get_model()
+    if reference is None:
         with adapters_disabled(model):
-            samples = generate_samples(model, tok, eval_prompts, progress=progress, desc="sample reference", **kw)
-            stats = sample_statistics(
-                model,
-                samples,
-                compute_kl=False,
-                batch_size=cfg.score_batch_size,
-                pad_id=_pad_id(tok),
-                progress=progress,
-                desc="score reference",
-            )
-        rewards = reward_fn([s.prompt for s in samples], [s.completion for s in samples])
-        row = summarize("reference", samples, rewards, stats, rewards)
-        row["step"] = 0
-        write_json(ref_file, {"row": row, "rewards": rewards, "samples": [s.to_json() for s in samples]})
-        ref = (samples, rewards, row)
-    rows = {"reference": ref[2]}
-    for method in cfg.methods:
-        for name, step, afile in eval_points(out, cfg, method):
-            f = edir / f"{name.replace('@', '-step-')}.json"
-            if f.exists():
-                rows[name] = _read_json(f)["row"]
-                continue
-            _say(f"  {name}")
+            samples = generate_samples(model, tok, prompts, desc=f"sample {name}", **kw)
+            d = score_samples(model, tok, samples, reward_fn, cfg, compute_kl=False, progress=progress, desc="score")
+        ref_rewards = d["rewards"]
+    else:
+        samples = generate_samples(model, tok, prompts, desc=f"sample {name}", **kw)
+        d = score_samples(model, tok, samples, reward_fn, cfg, compute_kl=True, progress=progress, desc="score")
+        ref_rewards = reference["rewards"]
+    stats = d.pop("stats")
+    row = summarize(name, samples, d["rewards"], stats, ref_rewards)
+    return {"row": row, **d, "samples": [s.to_json() for s in samples]}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+
+def stage_eval(out: pathlib.Path, cfg: DemoConfig, get_model, eval_prompts, reward_fn, progress: bool) -> dict:
+    """Evaluate the reference once, then every (variant, seed, step) point on the held-out
+    prompts; one JSON file per point (``eval/<variant>/seed-<s>/step-<n>.json``), so a rerun
+    evaluates only what is missing. Returns ``{"reference": record, (name, seed, step): record}``."""
+    from ..evaluate import load_adapter_weights
+    from ..models import adapter_modules
+
+    ref_file = out / "eval" / "reference.json"
+    todo = [(v[0], s, k) for v in cfg.variants() for s in cfg.seeds for k in cfg.eval_steps()]
+    bar = _progress(len(todo) + 1, "eval points", progress)
+    if not ref_file.exists():
+        model, tok = get_model()
+        rec = eval_point(
+            model,
+            tok,
+            eval_prompts,
+            reward_fn,
+            cfg,
+            name="reference",
+            seed=cfg.seeds[0],
+            reference=None,
+            progress=False,
+        )
+        write_json(ref_file, rec)
+    ref = _read_json(ref_file)
+    bar.update(1)
+    points = {"reference": ref}
+    for name, seed, step in todo:
+        f = out / "eval" / name / f"seed-{seed}" / f"step-{step}.json"
+        if not f.exists():
             model, tok = get_model()
             if not adapter_modules(model):
                 raise RuntimeError("the evaluation model has no adapters to load weights into")
-            _load_adapter_weights(model, afile)
-            res = evaluate_policy(
+            load_adapter_weights(model, adapters_at(out, name, seed, step, cfg.iters))
+            rec = eval_point(
                 model,
                 tok,
                 eval_prompts,
                 reward_fn,
-                name=name,
+                cfg,
+                name=f"{name}@{step}",
+                seed=seed,
                 reference=ref,
-                score_batch_size=cfg.score_batch_size,
-                progress=progress,
-                **kw,
+                progress=False,
             )
-            row = dict(res.policy, method=method, step=step)
-            write_json(
-                f, {"row": row, "rewards": res.policy_rewards, "samples": [s.to_json() for s in res.policy_samples]}
-            )
-            rows[name] = row
-    return rows
+            rec["row"].update(method=name, seed=seed, step=step)
+            write_json(f, rec)
+        points[(name, seed, step)] = _read_json(f)
+        bar.update(1)
+    bar.close()
+    return points
 
 
 # ----------------------------------------------------------------------------------------------
 # The whole job
 
 
+def check_settings(out: pathlib.Path, cfg) -> None:
+    """Refuse to continue a run folder made with other settings (methods, alphas and seeds may
+    be added). Raises ValueError naming the differing settings."""
+    cfg_file = out / "demo_config.json"
+    growable = ("methods", "tdpo2_alphas", "seeds")
+    if cfg_file.exists():
+        old = _read_json(cfg_file)
+        new = cfg.to_dict()
+        diff = [k for k in new if k not in growable and k in old and old[k] != new[k]]
+        if diff:
+            raise UserError(
+                f"{out} holds a demo run with other settings ({', '.join(diff)}); use a new --out folder "
+                "or delete this one"
+            )
+    write_json(cfg_file, cfg.to_dict())
+
+
+def announce(cfg, experiment: str) -> None:
+    """Print the preset's stages with their estimated idle-machine time, before any work."""
+    from .config import estimate
+
+    est = estimate(cfg)
+    _say(
+        f"{experiment}: {len(cfg.variants())} variants ({', '.join(v[0] for v in cfg.variants())}) x "
+        f"{len(cfg.seeds)} seed(s) on {cfg.model}; estimated {sum(s for _, s in est) / 60:.0f} min on an idle "
+        "2-core machine (more when the cores are shared):"
+    )
+    for stage, s in est:
+        _say(f"  {stage}: ~{s / 60:.1f} min")
+
+
 def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> pathlib.Path:
-    """Run (or resume) the experiment into folder ``out``; returns the path of ``report.md``.
+    """Run (or resume) the controlled-sentiment experiment into folder ``out``; returns the path of
+    ``report.md``.
 
     Args:
         reward_fn: override of the VADER sentiment reward (tests).
@@ -347,21 +447,14 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     Raises:
         ValueError: ``out`` holds a run whose data settings differ (use a new folder).
     """
+    from ..data.load import split_holdout
+    from ..gguf import resolve_model_path
     from ..rewards import load_reward
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg_file = out / "demo_config.json"
-    if cfg_file.exists():
-        old = _read_json(cfg_file)
-        # a run folder continues only under the same settings (methods may be added)
-        diff = [k for k in cfg.to_dict() if k != "methods" and k in old and old[k] != cfg.to_dict()[k]]
-        if diff:
-            raise ValueError(
-                f"{out} holds a demo run with other settings ({', '.join(diff)}); use a new --out folder "
-                "or delete this one"
-            )
-    write_json(cfg_file, cfg.to_dict())
+    check_settings(out, cfg)
+    announce(cfg, "controlled-sentiment experiment")
     clock = _Clock(out / "timings.json")
     reward_fn = reward_fn or load_reward("sentiment")
     n_stages = 6
@@ -369,12 +462,10 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     # 1. model
     clock.start()
     _say(f"[1/{n_stages}] model: resolving {cfg.model}")
-    from ..gguf import resolve_model_path
-
     model_dir = str(resolve_model_path(cfg.model))
     _say(f"  {model_dir}")
     if not (out / "prompts.json").exists():
-        train_p, eval_p = split_prompts(load_openers(), cfg.n_train_prompts, cfg.n_eval_prompts, cfg.seed)
+        train_p, eval_p = split_prompts(load_openers(), cfg.n_train_prompts, cfg.n_eval_prompts, cfg.seeds[0])
         write_json(out / "prompts.json", {"train": train_p, "eval": eval_p})
     prompts = _read_json(out / "prompts.json")
     model = tok = None
@@ -399,53 +490,60 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     if not done:
         clock.stop("samples")
 
-    # 3. pairs
+    # 3. pairs, split into training and held-out pairs
     pairs, summary = build_pairs(samples, rewards, cfg.min_reward_gap)
-    if not (out / "pairs.jsonl").exists():
-        write_jsonl(out / "pairs.jsonl", pairs)
-        write_json(out / "pairs_summary.json", summary)
-    _say(
-        f"[3/{n_stages}] pairs: {summary['pairs']} from {summary['prompts']} prompts "
-        f"(chosen {summary['chosen_reward_mean']:+.3f}, rejected {summary['rejected_reward_mean']:+.3f})"
-    )
     if not pairs:
         raise RuntimeError("no preference pairs: every prompt's samples were near-ties; lower min_reward_gap")
+    train_pairs, heldout = split_holdout(pairs, cfg.heldout_fraction, cfg.seeds[0]) if len(pairs) > 1 else (pairs, [])
+    summary.update(train_pairs=len(train_pairs), heldout_pairs=len(heldout))
+    if not (out / "pairs.jsonl").exists():
+        write_jsonl(out / "heldout_pairs.jsonl", heldout)
+        write_json(out / "pairs_summary.json", summary)
+        write_jsonl(out / "pairs.jsonl", train_pairs)
+    _say(
+        f"[3/{n_stages}] pairs: {len(train_pairs)} for training + {len(heldout)} held out, from "
+        f"{summary['prompts']} prompts (chosen {summary['chosen_reward_mean']:+.3f}, rejected "
+        f"{summary['rejected_reward_mean']:+.3f})"
+    )
 
-    # 4. train (each method loads its own fresh policy; the evaluation model stays loaded)
-    for i, m in enumerate(cfg.methods):
+    # 4. train (each run loads its own fresh policy; the evaluation model stays loaded)
+    runs = [(v, s) for v in cfg.variants() for s in cfg.seeds]
+    for i, (v, s) in enumerate(runs):
         clock.start()
-        done = (out / "adapters" / m / "done.json").exists()
+        done = (run_dir(out, v[0], s) / "done.json").exists()
         _say(
-            f"[4/{n_stages}] train {m} ({i + 1}/{len(cfg.methods)}): {cfg.iters} steps x {cfg.batch_size} pairs"
-            + (" (done)" if done else "")
+            f"[4/{n_stages}] train {v[0]} seed {s} ({i + 1}/{len(runs)}): {cfg.iters} steps x {cfg.batch_size} "
+            f"pairs, held-out pairs scored every {cfg.save_every()} steps" + (" (done)" if done else "")
         )
-        stage_train(out, cfg, model_dir, m, pairs)
+        stage_train(
+            out,
+            cfg,
+            model_dir,
+            v,
+            s,
+            encoded(train_pairs),
+            encoded(heldout),
+            save_every=cfg.save_every(),
+            progress=progress,
+        )
         if not done:
-            clock.stop(f"train {m}")
+            clock.stop(f"train {v[0]} seed {s}")
         gc.collect()
 
     # 5. eval
     clock.start()
-    _say(f"[5/{n_stages}] eval: reference and {', '.join(cfg.methods)} on {len(prompts['eval'])} held-out prompts")
-    rows = stage_eval(out, cfg, eval_model, prompts["eval"], reward_fn, progress)
+    n_points = len(runs) * len(cfg.eval_steps()) + 1
+    _say(
+        f"[5/{n_stages}] eval: reference + {n_points - 1} checkpoints (steps {cfg.eval_steps()}) on "
+        f"{len(prompts['eval'])} held-out prompts x {cfg.eval_samples_per_prompt} samples"
+    )
+    points = stage_eval(out, cfg, eval_model, prompts["eval"], reward_fn, progress)
     clock.stop("eval")
 
     # 6. report
     _say(f"[6/{n_stages}] report")
-    metrics = {m: read_metrics(out / "adapters" / m / "metrics.jsonl") for m in cfg.methods}
-    examples = _examples(out, cfg)
-    path = write_report(out, cfg, rows, metrics, summary, clock.t, examples)
-    _say(markdown_table([rows["reference"]] + [rows[m] for m in cfg.methods if m in rows]))
+    metrics = {(v[0], s): read_metrics(run_dir(out, v[0], s) / "metrics.jsonl") for v, s in runs}
+    path = write_report(out, cfg, points, metrics, summary, clock.t)
+    _say(_read_json(out / "results.json")["verdict"])
     _say(f"wrote {path}, {out / 'reward_vs_kl.png'}, {out / 'kl_curves.png'}")
     return path
-
-
-def _examples(out: pathlib.Path, cfg: DemoConfig) -> dict:
-    ex = {}
-    for name in ("reference",) + tuple(cfg.methods):
-        f = out / "eval" / f"{name}.json"
-        if f.exists():
-            d = _read_json(f)
-            s = d["samples"][0]
-            ex[name] = (s["prompt"], s["completion"], d["rewards"][0])
-    return ex
