@@ -23,6 +23,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from .atomic import write_json
 from .backend import peak_memory_gb
 from .checkpoint import (
     ADAPTER_CONFIG,
+    CHECKPOINTS,
     METRICS_FILE,
     find_checkpoint,
     load_checkpoint,
@@ -46,6 +48,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import BatchIterator, load_train_eval, make_batch
+from .distributed import World, check_global_batch, init_world, shard
 from .fast_stats import batch_statistics, enable_grad_checkpoint
 from .losses import pair_metrics, preference_loss
 from .models import count_trainable, load_policy, load_reference
@@ -142,7 +145,8 @@ class StepResult:
     """Output of :func:`accumulate_gradients`: ``loss`` (mean over pairs, float), ``grads``
     (tree like ``model.trainable_parameters()``), ``sums`` (metric sums over pairs, floats),
     ``n_pairs`` and ``n_tokens`` (real tokens in the micro-batches); :func:`train_step` adds
-    ``grad_norm`` (before clipping) and ``seconds`` (wall time of the step)."""
+    ``grad_norm`` (before clipping), ``seconds`` (wall time of the step) and ``comm_seconds``
+    (of it, the gradient all-reduce), and makes every field global over the processes."""
 
     loss: float
     grads: dict
@@ -151,6 +155,7 @@ class StepResult:
     n_tokens: int
     grad_norm: float = float("nan")
     seconds: float = 0.0
+    comm_seconds: float = 0.0
 
     def progress(self) -> dict:
         """What the progress bar shows: loss, accuracy, tokens per second of this step."""
@@ -161,7 +166,7 @@ class StepResult:
         }
 
 
-def accumulate_gradients(model, batches, **loss_kw) -> StepResult:
+def accumulate_gradients(model, batches, total_pairs=None, **loss_kw) -> StepResult:
     """Gradient of the mean per-pair loss over all pairs of ``batches`` (any sizes).
 
     Each micro-batch contributes grad(sum of its pair losses / total pairs); the sum equals the
@@ -171,10 +176,12 @@ def accumulate_gradients(model, batches, **loss_kw) -> StepResult:
     Args:
         model: policy; gradients are taken w.r.t. ``model.trainable_parameters()``.
         batches: list of :class:`tdpo_mlx.data.Batch`.
+        total_pairs: divisor of the summed pair losses (default: the pairs of ``batches``); data
+            parallelism passes ``G / N``, G pairs over N processes, whose gradients are averaged.
         **loss_kw: loss_type, beta, alpha, reference_model, average_log_prob (see :func:`batch_loss`).
     """
     batches = list(batches)
-    total = sum(b.n_pairs for b in batches)
+    total = total_pairs or sum(b.n_pairs for b in batches)
     if total == 0:
         raise ValueError("accumulate_gradients needs at least one pair")
 
@@ -191,7 +198,7 @@ def accumulate_gradients(model, batches, **loss_kw) -> StepResult:
         for k, v in s.items():
             sums[k] = sums.get(k, 0.0) + v.item()
         tokens += b.n_tokens
-    return StepResult(loss, grads, sums, total, tokens)
+    return StepResult(loss, grads, sums, sum(b.n_pairs for b in batches), tokens)
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,19 +263,26 @@ def evaluate(model, batches, *, prefix="eval_", **loss_kw) -> dict:
     Returns:
         ``{prefix + key: float}`` for every key of :data:`METRIC_KEYS`.
     """
+    sums, n = evaluation_sums(model, batches, **loss_kw)
+    return {prefix + k: sums[k] / max(n, 1) for k in METRIC_KEYS}
+
+
+def evaluation_sums(model, batches, **loss_kw) -> tuple[dict, int]:
+    """``({key: sum over the pairs of batches}, pairs)`` for every key of :data:`METRIC_KEYS`
+    (zeros without batches), in eval mode (no dropout), without gradients."""
     was_training = model.training
     model.eval()
-    sums, n = {}, 0
+    sums, n = dict.fromkeys(METRIC_KEYS, 0.0), 0
     try:
         for b in batches:
             _, s = batch_loss(model, b, differentiable=False, **loss_kw)
             mx.eval(s)
             for k, v in s.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
+                sums[k] += v.item()
             n += b.n_pairs
     finally:
         model.train(was_training)
-    return {prefix + k: sums[k] / max(n, 1) for k in METRIC_KEYS if k in sums}
+    return sums, n
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,6 +303,8 @@ class Run:
     out_dir: Path
     adapter_config: dict
     total_steps: int
+    world: World
+    say: Callable[[str], None]  # prints on rank 0, nothing on the other ranks
     step: int = 0
     checkpoint: str | None = None
     history: list = field(default_factory=list)  # metric records of earlier runs (resume)
@@ -307,8 +323,12 @@ def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, tr
     if config.resume and model is None:  # the checkpoint's adapter settings are the truth
         config = resume_settings(config, given=config.changed_fields())
     check_report_to(config.report_to)
+    world = init_world()
+    check_global_batch(config.batch_size, config.grad_accum, world)
+    log = say if world.is_main else _quiet
     out_dir = Path(config.adapter_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     mx.random.seed(config.seed)
     if model is None:
         model, tokenizer = load_policy(
@@ -326,7 +346,7 @@ def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, tr
     if reference is None and config.ref_model:
         reference = load_reference(config.ref_model, quantize=config.quantize, dtype=config.dtype)
     if train_pairs is None:
-        train_pairs, loaded_eval = load_train_eval(config, tokenizer, log=say)
+        train_pairs, loaded_eval = load_train_eval(config, tokenizer, log=log)
         eval_pairs = loaded_eval if eval_pairs is None else eval_pairs
     if config.grad_checkpoint:
         enable_grad_checkpoint(model)
@@ -353,16 +373,24 @@ def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, tr
         out_dir=out_dir,
         adapter_config=_adapter_config(config, model),
         total_steps=total,
+        world=world,
+        say=log,
     )
     if config.resume:
         _resume(run)
-    write_json(out_dir / ADAPTER_CONFIG, run.adapter_config)
-    say(
+    if world.is_main:
+        write_json(out_dir / ADAPTER_CONFIG, run.adapter_config)
+    on = f" over {world.size} processes" if world.size > 1 else ""
+    log(
         f"policy: {count_trainable(model):,} trainable parameters; {len(train_pairs)} train pairs, "
-        f"{len(eval_pairs)} eval pairs; {total} steps x {config.batch_size * config.grad_accum} pair(s) "
+        f"{len(eval_pairs)} eval pairs; {total} steps x {config.batch_size * config.grad_accum} pair(s){on} "
         f"({batches.batches_per_epoch} batches/epoch)"
     )
     return run
+
+
+def _quiet(message: str) -> None:
+    """``say`` of the ranks other than 0."""
 
 
 def _adapter_config(config: TrainConfig, model) -> dict:
@@ -393,7 +421,9 @@ def _resume(run: Run) -> None:
     run.step, run.checkpoint = int(state["step"]), str(ck)
     run.batches.load_state_dict(state["data"])
     run.history = read_metrics(run.out_dir / METRICS_FILE, run.step)
-    say(
+    if run.world.sum([run.step])[0] != run.step * run.world.size:
+        raise ValueError(f"--resume {run.config.resume}: the processes found checkpoints of different steps")
+    run.say(
         f"resumed from {ck} at step {run.step} (epoch {run.batches.epoch}, batch {run.batches.position}); "
         f"continuing at step {run.step + 1}"
     )
@@ -407,11 +437,14 @@ def train_step(run: Run) -> StepResult:
     Raises:
         NonFiniteLossError: nothing of this step applied.
     """
-    config = run.config
+    config, world = run.config, run.world
     mx.random.seed(_step_seed(config.seed, run.step))
-    batches = [next(run.batches) for _ in range(config.grad_accum)]
+    pairs = [p for _ in range(config.grad_accum) for p in run.batches.next_pairs()]
+    batches = [make_batch(m, run.batches.pad_id) for m in shard(pairs, world, config.batch_size)]
     t0 = time.perf_counter()
-    res = accumulate_gradients(run.model, batches, **run.loss_kw)
+    res = accumulate_gradients(run.model, batches, total_pairs=len(pairs) / world.size, **run.loss_kw)
+    if world.size > 1:
+        _reduce_step(res, world)
     grads, res.grad_norm = clip_gradients(res.grads, config.max_grad_norm)
     if not (math.isfinite(res.loss) and math.isfinite(res.grad_norm)):
         raise NonFiniteLossError(run.step + 1, res.loss, res.grad_norm, run.checkpoint)
@@ -420,6 +453,18 @@ def train_step(run: Run) -> StepResult:
     res.seconds = time.perf_counter() - t0
     run.step += 1
     return res
+
+
+def _reduce_step(res: StepResult, world: World) -> None:
+    """Make ``res`` global: gradients averaged over the processes (each holds its share's
+    sum / (G / N), so the average is sum / G), loss, metric sums, pairs and tokens summed."""
+    t0 = time.perf_counter()
+    res.grads = world.average(res.grads)
+    res.comm_seconds = time.perf_counter() - t0
+    values = world.sum([res.loss, res.n_pairs, res.n_tokens, *(res.sums[k] for k in METRIC_KEYS)])
+    res.loss = values[0] / world.size
+    res.n_pairs, res.n_tokens = round(values[1]), round(values[2])
+    res.sums = dict(zip(METRIC_KEYS, values[3:]))
 
 
 def clip_gradients(grads, max_norm: float) -> tuple[dict, float]:
@@ -452,7 +497,7 @@ class Window:
             learning_rate=float(run.optimizer.learning_rate.item()),
             grad_norm=sum(self.norms) / len(self.norms),
             tokens_per_second=self.tokens / max(self.seconds, 1e-9),
-            peak_memory_gb=peak_memory_gb(),
+            peak_memory_gb=run.world.max(peak_memory_gb()),
             step=run.step,
             epoch=run.epoch,
         )
@@ -462,15 +507,25 @@ class Window:
 
 def evaluate_run(run: Run) -> dict | None:
     """The held-out metrics at the current step (``eval_*``, ``step``, ``epoch``); None without
-    held-out pairs."""
+    held-out pairs. With N processes each evaluates every N-th batch; sums and pair counts are
+    added over the processes before dividing."""
     if not run.eval_batches:
         return None
-    return {**evaluate(run.model, run.eval_batches, **run.loss_kw), "step": run.step, "epoch": run.epoch}
+    world = run.world
+    sums, n = evaluation_sums(run.model, run.eval_batches[world.rank :: world.size], **run.loss_kw)
+    if world.size > 1:
+        n, *values = world.sum([n, *(sums[k] for k in METRIC_KEYS)])
+        sums = dict(zip(METRIC_KEYS, values))
+    return {**{f"eval_{k}": sums[k] / n for k in METRIC_KEYS}, "step": run.step, "epoch": run.epoch}
 
 
 def save(run: Run) -> str:
-    """Adapters into the output folder and a full checkpoint of the current step; returns its path."""
-    run.adapter_config["steps"] = run.step  # optimizer steps behind these adapters (read by the model card)
+    """Adapters into the output folder and a full checkpoint of the current step (written by
+    rank 0 only); returns its path."""
+    run.adapter_config["steps"] = run.step
+    if not run.world.is_main:
+        run.checkpoint = str(run.out_dir / CHECKPOINTS / f"step-{run.step:07d}")
+        return run.checkpoint  # optimizer steps behind these adapters (read by the model card)
     save_adapters(run.out_dir, run.model, run.adapter_config)
     state = {
         "data": run.batches.state_dict(),
@@ -525,9 +580,10 @@ def loop(run: Run, reporters: Reporters, stop: threading.Event) -> bool:
         res = train_step(run)
         window.add(res)
         reporters.on_step(run.step, res.progress())
-        if run.step % config.steps_per_report == 0 or run.step == run.total_steps or stop.is_set():
+        stopping = run.world.any(stop.is_set())  # Ctrl-C in any process stops all
+        if run.step % config.steps_per_report == 0 or run.step == run.total_steps or stopping:
             log(run, reporters, window.record(run))
-        if stop.is_set():  # also when set during that log (a callback)
+        if stopping or run.world.any(stop.is_set()):  # also when set during that log (a callback)
             if window.norms:
                 log(run, reporters, window.record(run))
             return True
@@ -589,7 +645,11 @@ def train(
     run = setup(
         config, model=model, tokenizer=tokenizer, reference=reference, train_pairs=train_pairs, eval_pairs=eval_pairs
     )
-    reporters = make_reporters(config, run.out_dir, run.total_steps, run.step, run.history, callback)
+    reporters = (
+        make_reporters(config, run.out_dir, run.total_steps, run.step, run.history, callback)
+        if run.world.is_main
+        else Reporters()
+    )
     with sigint_flag() as stop, closing(reporters):
         warm_up(run)
         if run.step == 0:
@@ -597,18 +657,19 @@ def train(
         try:
             interrupted = loop(run, reporters, stop)
         except NonFiniteLossError as e:
-            say(str(e))
+            run.say(str(e))
             raise
         if interrupted:
             ck = save(run)
-            say(
+            run.say(
                 f"interrupted: checkpoint at step {run.step} written to {ck}; continue with --resume latest "
                 f"--adapter-path {run.out_dir}"
             )
         else:
             if run.last["eval"].get("step") != run.step:
                 log(run, reporters, evaluate_run(run))
-            say(f"saved adapters to {run.out_dir} (checkpoint {save(run)})")
+            run.say(f"saved adapters to {run.out_dir} (checkpoint {save(run)})")
+        run.world.barrier()  # the others wait for rank 0's files
     return {
         **run.last["train"],
         **run.last["eval"],

@@ -123,17 +123,19 @@ def check_inputs(config: TrainConfig, overwrite: bool = False) -> None:
 
 def run(args) -> int:
     from ..checkpoint import resume_settings
+    from ..distributed import DistributedError, process_rank
     from ..trainer import NonFiniteLossError, train
 
+    main = process_rank() == 0  # under mlx.launch: process 0 alone looks after the output folder
     values = _values(args)
     config = TrainConfig(**values).validate()
     if args.overwrite and config.resume:
         raise UserError("--overwrite and --resume contradict each other: resume the run, or start over")
-    check_inputs(config, overwrite=args.overwrite)
+    check_inputs(config, overwrite=args.overwrite or not main)
     config = resume_settings(config, given=set(values)).validate()
     out = Path(config.adapter_path).expanduser()
     existed = out.exists()
-    if args.overwrite:
+    if args.overwrite and main:
         for name in RUN_FILES:
             p = out / name
             if p.is_dir():
@@ -142,11 +144,11 @@ def run(args) -> int:
                 p.unlink()
     try:
         result = train(config)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, DistributedError) as e:
         print(f"tdpo-mlx train: error: {one_line(str(e))}", file=sys.stderr)
         return 1
     finally:
-        if not existed and out.is_dir() and not any(out.iterdir()):
+        if main and not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that failed before writing anything leaves no folder behind
     if result.get("interrupted"):
         return 130

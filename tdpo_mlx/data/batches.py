@@ -175,6 +175,10 @@ class BatchIterator:
         return self
 
     def __next__(self) -> Batch:
+        return make_batch(self.next_pairs(), self.pad_id)
+
+    def next_pairs(self) -> list[EncodedPair]:
+        """The next batch's pairs, unpadded (what ``next()`` pads into a :class:`Batch`)."""
         if self._order is None:
             self._order = self._epoch_batches(self.epoch)
         if self.position >= len(self._order):
@@ -183,7 +187,7 @@ class BatchIterator:
             self._order = self._epoch_batches(self.epoch)
         sel = self._order[self.position]
         self.position += 1
-        return make_batch([self.pairs[i] for i in sel], self.pad_id)
+        return [self.pairs[i] for i in sel]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
