@@ -6,7 +6,8 @@ run: terminal lines, a tqdm progress bar, ``metrics.jsonl``, the caller's callba
 ``--report-to wandb`` / ``tensorboard`` (their packages are optional dependencies).
 
 Records are flat dicts with ``step`` and ``epoch``; train records carry ``loss``, ``rewards/*``,
-``logps/*``, ``kl/*``, ``learning_rate``, ``grad_norm``, ``tokens_per_second``, ``peak_memory_gb``;
+``logps/*``, ``kl/*``, ``learning_rate``, ``grad_norm``, ``tokens_per_second``, ``step_seconds``,
+``peak_memory_gb`` (and ``allreduce_seconds`` with several processes);
 evaluation records the same metric names with the prefix ``eval_``.
 """
 

@@ -478,10 +478,11 @@ def clip_gradients(grads, max_norm: float) -> tuple[dict, float]:
 
 class Window:
     """Train metrics between two reports: pair-weighted means (sums / pairs, never a mean of
-    step means), mean gradient norm, tokens per second of step time."""
+    step means), mean gradient norm, tokens (of all processes) per second of step time, mean
+    step time and, with several processes, mean time of the gradient all-reduce."""
 
     def __init__(self):
-        self.sums, self.pairs, self.tokens, self.seconds, self.norms = {}, 0, 0, 0.0, []
+        self.sums, self.pairs, self.tokens, self.seconds, self.comm, self.norms = {}, 0, 0, 0.0, 0.0, []
 
     def add(self, res: StepResult) -> None:
         for k, v in res.sums.items():
@@ -489,6 +490,7 @@ class Window:
         self.pairs += res.n_pairs
         self.tokens += res.n_tokens
         self.seconds += res.seconds
+        self.comm += res.comm_seconds
         self.norms.append(res.grad_norm)
 
     def record(self, run: Run) -> dict:
@@ -497,10 +499,13 @@ class Window:
             learning_rate=float(run.optimizer.learning_rate.item()),
             grad_norm=sum(self.norms) / len(self.norms),
             tokens_per_second=self.tokens / max(self.seconds, 1e-9),
+            step_seconds=self.seconds / len(self.norms),
             peak_memory_gb=run.world.max(peak_memory_gb()),
             step=run.step,
             epoch=run.epoch,
         )
+        if run.world.size > 1:
+            r["allreduce_seconds"] = self.comm / len(self.norms)
         self.__init__()
         return r
 
