@@ -2,7 +2,8 @@
 MLX_RANK and MLX_HOSTFILE set): trains a tiny model on seeded random pairs.
 
 argv[1]: a JSON file {"config": TrainConfig kwargs, "pairs": [n, seed], "eval_pairs": [n, seed],
-"sigint_at": [rank, step] | null, "die_at": [rank, step] | null, "result": path prefix}.
+"sigint_at": [rank, step], "die_at": [rank, step], "nan_from_call": [rank, n] (optional faults: Ctrl-C
+after a step, a crash after a step, a NaN loss from the n-th training micro-batch), "result": path prefix}.
 Writes ``<result>-<rank>.json`` (the value train() returned) and exits 0, 1 on a non-finite
 loss, 2 on any other error (the message on stderr).
 """
@@ -34,6 +35,17 @@ def main(spec_file: str) -> int:
         return res
 
     trainer.train_step = step_with_faults
+    real_loss, calls = trainer.batch_loss, [0]
+
+    def loss_with_nan(model, batch, **kw):
+        loss, sums = real_loss(model, batch, **kw)
+        if kw.get("total_pairs") is not None and spec.get("nan_from_call", [None])[0] == rank:
+            calls[0] += 1  # training micro-batches of this process
+            if calls[0] >= spec["nan_from_call"][1]:
+                loss = loss * float("nan")
+        return loss, sums
+
+    trainer.batch_loss = loss_with_nan
     try:
         result = trainer.train(
             TrainConfig(**spec["config"]),

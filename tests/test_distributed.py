@@ -64,6 +64,7 @@ def _launch(tmp_path, config, n=2, timeout=180, **faults):
         json.dumps({"config": config, "pairs": [10, 21], "eval_pairs": [5, 22], "result": str(result), **faults})
     )
     env = {**os.environ, "MLX_HOSTFILE": str(hostfile), "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    env.update(MKL_NUM_THREADS="1", OMP_NUM_THREADS="1")  # n processes on a few cores
     procs = [
         subprocess.Popen(
             [sys.executable, str(HERE / "dist_worker.py"), str(spec)],
@@ -173,6 +174,15 @@ def test_ctrl_c_on_one_rank_stops_both_and_resume_matches(model_dir, dist_run, t
 
     assert computed(_metrics(out), "loss") == computed(_metrics(full), "loss")
     assert computed(_metrics(out), "eval_loss")[-1] == computed(_metrics(full), "eval_loss")[-1]
+
+
+def test_a_non_finite_loss_in_one_process_stops_both_before_applying_it(model_dir, tmp_path):
+    out = tmp_path / "nan"
+    outs, _ = _launch(tmp_path, _config(model_dir, out, save_every=1, eval_every=0), nan_from_call=[1, 3])
+    assert [rc for rc, _ in outs] == [1, 1], outs
+    assert all("non-finite loss at step 3" in err for _, err in outs)
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 2
+    assert max(r["step"] for r in _metrics(out)) == 2
 
 
 def test_a_dead_rank_makes_the_other_exit_with_an_error(model_dir, tmp_path):
