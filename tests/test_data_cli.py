@@ -2,7 +2,7 @@
 
 import json
 
-from test_data_support import chatml_tokenizer, plain_tokenizer
+from support.chat_tokenizers import chatml_tokenizer, plain_tokenizer
 
 from tdpo_mlx.cli import main
 from tdpo_mlx.data import load_preference_data

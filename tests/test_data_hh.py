@@ -20,7 +20,7 @@ def gemma_tokenizer(gemma_dir):
 
 @pytest.mark.slow
 def test_gemma_chat_reply_ends_with_one_end_of_turn(gemma_tokenizer):
-    from test_data_support import GEMMA_LIKE
+    from support.chat_tokenizers import GEMMA_LIKE
 
     tok = gemma_tokenizer
     row = {

@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_data_support import bos_tokenizer, chatml_tokenizer, plain_tokenizer
+from support.chat_tokenizers import bos_tokenizer, chatml_tokenizer, plain_tokenizer
 
 from tdpo_mlx.data import DataError, load_preference_data, make_batch
 

@@ -5,7 +5,7 @@ import gzip
 import json
 
 import pytest
-from test_data_support import chatml_tokenizer, plain_tokenizer
+from support.chat_tokenizers import chatml_tokenizer, plain_tokenizer
 
 from tdpo_mlx.data import DataError, load_preference_data
 
@@ -262,7 +262,7 @@ def test_conversational_needs_a_template(tmp_path):
     }
     with pytest.raises(DataError, match="--chat-template"):
         load_preference_data([row], tokenizer=plain_tokenizer())
-    from test_data_support import CHATML
+    from support.chat_tokenizers import CHATML
 
     f = tmp_path / "t.jinja"
     f.write_text(CHATML.replace("<|im_start|>", "").replace("<|im_end|>", ""))

@@ -5,7 +5,7 @@ import itertools
 import mlx.core as mx
 import numpy as np
 import pytest
-from test_data_support import (
+from support.chat_tokenizers import (
     CHATML,
     GEMMA_LIKE,
     bos_tokenizer,

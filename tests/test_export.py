@@ -8,9 +8,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from export_tiny import make_adapter, make_model_dir, mlx_logits
 from mlx.utils import tree_flatten
 from safetensors import safe_open
+from support.models import make_adapter, make_model_dir, mlx_logits
 
 from tdpo_mlx.export import ExportPrecisionWarning, UnsupportedExportError, export
 from tdpo_mlx.export import files as export_io

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from export_tiny import TEXT_IDS, make_adapter, make_model_dir  # noqa: E402
+from support.models import TEXT_IDS, make_adapter, make_model_dir  # noqa: E402
 
 pytestmark = pytest.mark.interop
 

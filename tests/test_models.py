@@ -9,7 +9,7 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.dora import DoRALinear
 from mlx_lm.tuner.lora import LoRALinear
-from tiny_lm import make_model_dir
+from support.models import make_model_dir
 
 from tdpo_mlx.models import adapter_modules, adapters_disabled, count_trainable, load_policy, resolve_lora_keys
 

@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent(
     import tdpo_mlx
     from tdpo_mlx.export import export
     sys.path.insert(0, "tests")
-    from export_tiny import make_adapter, make_model_dir
+    from support.models import make_adapter, make_model_dir
     from pathlib import Path
     tmp = Path(sys.argv[1])
     model = make_model_dir(tmp / "base", "gemma3_text")

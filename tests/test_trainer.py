@@ -11,7 +11,8 @@ import mlx.optimizers as optim
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from tiny_lm import make_model_dir, random_pairs
+from support.models import make_model_dir
+from support.pairs import random_pairs
 
 from tdpo_mlx.data import make_batch
 from tdpo_mlx.models import adapter_modules, adapters_disabled, count_trainable, load_policy

@@ -5,7 +5,7 @@ import json
 import math
 
 import pytest
-from tiny_lm import make_model_dir
+from support.models import make_model_dir
 
 from tdpo_mlx.cli import build_parser, main
 from tdpo_mlx.cli.train import config_from_args

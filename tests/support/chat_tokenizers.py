@@ -1,4 +1,4 @@
-"""Small tokenizers built locally for the data tests (no downloads). Holds no tests.
+"""Small tokenizers built locally for the data tests (no downloads).
 
 - :func:`chatml_tokenizer`: byte-level BPE, no BOS (``bos_token`` None, like Qwen), ChatML
   template whose end-of-turn ``<|im_end|>`` is the EOS.

@@ -1,9 +1,12 @@
-"""Tiny random mlx-lm models and adapters, built locally, for the export tests.
+"""Tiny random mlx-lm models and adapters, built locally (nothing is downloaded).
 
 ``make_model_dir`` writes an mlx-lm model directory (config.json in Hugging Face names, random
-weights from mlx-lm's own model class, a word-level tokenizer); ``make_adapter`` attaches
-LoRA/DoRA with mlx-lm's tooling, fills the factors with random non-zero values and saves them in
-mlx-lm's adapter format.
+weights from mlx-lm's own model class, a word-level tokenizer) for one of the presets in
+``CONFIGS``: ``"tiny"`` (the trainer and model tests: a 2-block llama over a 36-word vocabulary,
+mlx's default init with the embeddings scaled by 4 so logits are not flat) or ``"llama"``,
+``"qwen2"``, ``"gemma3_text"`` (the export tests: small Gaussian weights around the norm's 1).
+``make_adapter`` attaches LoRA/DoRA with mlx-lm's tooling, fills the factors with random non-zero
+values and saves them in mlx-lm's adapter format; ``mlx_logits`` is the float32 reference forward.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_map_with_path
+from mlx_lm.tuner.utils import linear_to_lora_layers, load_adapters
+from mlx_lm.utils import _get_classes, load_model, quantize_model
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 VOCAB = 96
 
@@ -50,27 +57,50 @@ CONFIGS = {
     ),
 }
 
+# The trainer tests' model: mlx's default init (embeddings x4), ids 4..35 are words.
+CONFIGS["tiny"] = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 64,
+    "tie_word_embeddings": False,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 512,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
 TEXT_IDS = [1, 17, 5, 33, 71, 8, 90, 42, 42, 3, 64, 12]
 
+WORDS = (
+    "the a cat dog sat ran on mat is good bad yes no hello world what why how i you like do not ok fine great "
+    "terrible answer question please thanks sure"
+).split()
 
-def make_tokenizer(out: Path) -> None:
-    """A word-level tokenizer over tokens ``<pad> <bos> <eos> <unk> t4 .. t95``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
-    vocab.update({f"t{i}": i for i in range(4, VOCAB)})
+def make_tokenizer(out: Path, words: bool = False) -> None:
+    """A word-level tokenizer: ``<pad> <s> </s> <unk>`` + ``WORDS`` (``words``, split on
+    whitespace and punctuation) or ``<pad> <bos> <eos> <unk> t4 .. t95`` (split on whitespace)."""
+    if words:
+        vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *WORDS])}
+        bos, eos, pre = "<s>", "</s>", pre_tokenizers.Whitespace()
+    else:
+        vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+        vocab.update({f"t{i}": i for i in range(4, VOCAB)})
+        bos, eos, pre = "<bos>", "<eos>", pre_tokenizers.WhitespaceSplit()
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = pre
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>"
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token="<unk>", pad_token="<pad>"
     )
     fast.save_pretrained(str(out))
 
 
 def build_model(config: dict) -> nn.Module:
-    from mlx_lm.utils import _get_classes
-
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
     if config.get("tie_word_embeddings") and "lm_head" in model:  # gemma3_text decides in sanitize
@@ -80,28 +110,33 @@ def build_model(config: dict) -> nn.Module:
     return model
 
 
-def make_model_dir(out: Path, arch: str, seed: int = 0, quantize: int | None = None, **overrides) -> Path:
-    """Write a random tiny ``arch`` model as an mlx-lm directory into ``out``; return ``out``."""
+def make_model_dir(out: Path, arch: str = "tiny", seed: int = 0, quantize: int | None = None, **overrides) -> Path:
+    """Write a random tiny ``arch`` model (a key of ``CONFIGS``; ``overrides`` replace config
+    entries) as an mlx-lm directory into ``out``; return ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = dict(CONFIGS[arch], **overrides)
+    mx.random.seed(seed)
     model = build_model(config)
-    rng = np.random.default_rng(seed)
+    if arch == "tiny":
+        # larger random weights than the default init so logits (and the KL terms) are not flat
+        model.update(
+            tree_map_with_path(lambda k, v: v * 4.0 if k.endswith("embed_tokens.weight") else v, model.parameters())
+        )
+    else:
+        rng = np.random.default_rng(seed)
 
-    def rand(a):
-        noise = rng.normal(0.0, 0.08, size=a.shape).astype(np.float32)
-        return mx.array(noise) + (1.0 if a.ndim == 1 and arch != "gemma3_text" else 0.0)
+        def rand(a):
+            noise = rng.normal(0.0, 0.08, size=a.shape).astype(np.float32)
+            return mx.array(noise) + (1.0 if a.ndim == 1 and arch != "gemma3_text" else 0.0)
 
-    weights = tree_map(rand, model.parameters())
-    model.update(weights)
+        model.update(tree_map(rand, model.parameters()))
     if quantize is not None:
-        from mlx_lm.utils import quantize_model
-
         model, config = quantize_model(model, config, group_size=32, bits=quantize)
     mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())), {"format": "mlx"})
     with open(out / "config.json", "w") as f:
         json.dump(config, f, indent=2)
-    make_tokenizer(out)
+    make_tokenizer(out, words=arch == "tiny")
     return out
 
 
@@ -119,9 +154,6 @@ def make_adapter(
 ) -> Path:
     """Attach LoRA/DoRA (mlx-lm's ``linear_to_lora_layers``) to the last ``num_layers`` layers,
     randomize every adapter tensor and save ``adapters.safetensors`` + ``adapter_config.json``."""
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-    from mlx_lm.utils import load_model
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, _ = load_model(Path(model_dir))
@@ -151,9 +183,6 @@ def make_adapter(
 
 def mlx_logits(model_dir: Path, adapter_path: Path | None = None, ids=TEXT_IDS) -> np.ndarray:
     """float32 logits (L, V) of the mlx-lm model (with the adapter when given) on ``ids``."""
-    from mlx_lm.tuner.utils import load_adapters
-    from mlx_lm.utils import load_model
-
     model, _ = load_model(Path(model_dir))
     if adapter_path is not None:
         model = load_adapters(model, str(adapter_path))

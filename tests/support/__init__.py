@@ -1,0 +1,7 @@
+"""Helpers shared by the tests (no tests here): everything is built locally, nothing downloaded.
+
+- :mod:`.models`: tiny random mlx-lm model directories (one factory, presets in ``CONFIGS``),
+  random LoRA/DoRA adapters, a float32 reference forward;
+- :mod:`.chat_tokenizers`: small byte-level BPE tokenizers with chat templates for the data tests;
+- :mod:`.pairs`: random encoded preference pairs.
+"""
