@@ -3,5 +3,6 @@
 - :mod:`.models`: tiny random mlx-lm model directories (one factory, presets in ``CONFIGS``),
   random LoRA/DoRA adapters, a float32 reference forward;
 - :mod:`.chat_tokenizers`: small byte-level BPE tokenizers with chat templates for the data tests;
-- :mod:`.pairs`: random encoded preference pairs.
+- :mod:`.pairs`: random encoded preference pairs;
+- :mod:`.no_torch`: the torch blocker of the torch-free tests.
 """
