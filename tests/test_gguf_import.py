@@ -18,6 +18,8 @@ import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 from gguf.quants import dequantize, quantize  # noqa: E402
+from support.no_torch import SITECUSTOMIZE as _HIDE_TORCH  # noqa: E402
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
 
 from tdpo_mlx.gguf import importer as gi  # noqa: E402
 
@@ -68,7 +70,7 @@ def sentencepiece_vocab():
 
 def byte_level_vocab():
     """A tiny gpt2/qwen2-style byte-level BPE vocabulary with merges."""
-    alphabet = list(gi._bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     merges = ["h e", "l l", "he ll", "hell o", "\u0120 w", "o r", "\u0120w or", "\u0120wor l", "\u0120worl d"]
     tokens = alphabet + ["".join(m.split(" ")) for m in merges] + ["<|endoftext|>"]
     types = [1] * (len(tokens) - 1) + [3]
@@ -550,7 +552,7 @@ def test_byte_level_tokenizer(tmp_path):
     idx = {t: i for i, t in enumerate(tokens)}
     assert tok("hello world<|endoftext|>")["input_ids"] == [idx["hello"], idx["\u0120world"], len(tokens) - 1]
     # é = C3 A9 -> the two byte-alphabet characters
-    b2u = gi._bytes_to_unicode()
+    b2u = bytes_to_unicode()
     assert tok("\u00e9")["input_ids"] == [idx[b2u[0xC3]], idx[b2u[0xA9]]]
     for s in ["hello world", "h\u00e9llo w\u00f6rld \u2713 \u4e16\u754c", "  spaced\n\nlines\t"]:
         assert tok.decode(tok(s)["input_ids"]) == s
@@ -694,9 +696,6 @@ def test_unknown_rope_freqs_is_an_error(tmp_path):
     finish(w)
     with pytest.raises(gi.GGUFImportError, match="rope_freqs"):
         gi.import_gguf(src, tmp_path / "out")
-
-
-from test_no_torch import SITECUSTOMIZE as _HIDE_TORCH  # noqa: E402  (one torch blocker for all tests)
 
 
 def test_import_works_without_torch(tmp_path):

@@ -46,8 +46,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from ..atomic import atomic_directory, save_safetensors, write_json
+from ..atomic import atomic_directory, atomic_path, save_safetensors, write_json
 from ..errors import AlreadyExistsError, NotFoundError, UserError, did_you_mean, near_misses
 
 SUPPORTED_ARCHITECTURES = ("gemma3", "llama", "qwen2")
@@ -518,19 +520,6 @@ _PRE_TOKENIZER_SPLITS = {
 }
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (openai/gpt-2 encoder.py)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def _special_tokens(tokens: list[str], types: list[int]) -> tuple[list[int], list[int]]:
     control = [i for i, t in enumerate(types) if t == _TOKEN_CONTROL]
     user = [i for i, t in enumerate(types) if t == _TOKEN_USER_DEFINED]
@@ -592,7 +581,7 @@ def build_tokenizer(g: GGUFContents):
             tk.normalizer = normalizers.Replace(" ", "\u2581")
             tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
     elif kind == "gpt2":
-        spelling = _bytes_to_unicode()
+        spelling = bytes_to_unicode()  # GPT-2's byte -> printable character table
         alphabet = set(spelling.values())
         vocab = {}
         for i, t in enumerate(tokens):
@@ -835,33 +824,11 @@ def named_gguf_path(name: str) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_suffix(".lock")):
+    with FileLock(target.with_suffix(".lock")):  # concurrent callers assemble only once
         if not target.exists():
-            tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-            try:
+            with atomic_path(target) as tmp:
                 mod.assemble(tmp, overwrite=True)
-                os.replace(tmp, target)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
     return target
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock (fcntl) so that concurrent callers import only once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX
-            yield
-            return
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def is_complete_import(path: str | os.PathLike) -> bool:
@@ -888,7 +855,8 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     out = cache_dir() / "models" / s
     if is_complete_import(out):
         return str(out)
-    with _file_lock(cache_dir() / "models" / f".{s}.lock"):
+    (cache_dir() / "models").mkdir(parents=True, exist_ok=True)
+    with FileLock(cache_dir() / "models" / f".{s}.lock"):  # concurrent callers import only once
         if not is_complete_import(out):
             # leftovers of an interrupted import (we hold the lock: nobody else is building)
             # (atomic_directory names them .NAME.XXXX.tmp; older versions .NAME.tmpXXXX)
