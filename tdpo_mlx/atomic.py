@@ -2,8 +2,8 @@
 
 Files are written to a temporary name in the same directory, flushed, and moved into place
 with ``os.replace``; directories are assembled under a temporary sibling name and renamed
-(:func:`atomic_directory`). Used by the importer, the trainer's checkpoints, the exporters and
-the demo.
+(:func:`atomic_directory`); a writer that wants a file name gets one from :func:`atomic_path`.
+Used by the importer, the trainer's checkpoints, the exporters and the demo.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import mlx.core as mx
 
 from .errors import AlreadyExistsError
 
@@ -26,9 +28,12 @@ def _mode(directory: bool = False) -> int:
 
 
 @contextlib.contextmanager
-def _temp_beside(path: Path, suffix: str = ".tmp"):
-    """Yield a fresh temporary path next to ``path``; move it onto ``path`` on success,
-    remove it on any error (also KeyboardInterrupt)."""
+def atomic_path(path: str | Path, suffix: str = ".tmp"):
+    """Yield a fresh temporary file path next to ``path`` for a writer that takes a file name
+    (``fig.savefig``, a GGUF assembler); move it onto ``path`` on success, remove it on any
+    error (also KeyboardInterrupt). ``suffix`` ends the temporary name (some writers pick the
+    format from it)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
@@ -44,7 +49,7 @@ def _temp_beside(path: Path, suffix: str = ".tmp"):
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (parents created)."""
-    with _temp_beside(Path(path)) as tmp:
+    with atomic_path(Path(path)) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -76,7 +81,7 @@ def write_jsonl(path: str | Path, rows) -> None:
 
 def copy_file(src: str | Path, dst: str | Path) -> None:
     """Copy ``src`` to ``dst`` atomically."""
-    with _temp_beside(Path(dst)) as tmp:
+    with atomic_path(Path(dst)) as tmp:
         shutil.copyfile(src, tmp)
 
 
@@ -87,10 +92,8 @@ def save_safetensors(path: str | Path, arrays: dict, metadata: dict | None = Non
         path: final file name; arrays: name -> ``mx.array``; metadata: string -> string header
             entries (``{"format": "pt"}`` for transformers/PEFT, ``{"format": "mlx"}`` for mlx-lm).
     """
-    import mlx.core as mx
-
     # mx appends ".safetensors" to names without it, so the temporary name must end with it
-    with _temp_beside(Path(path), suffix=".tmp.safetensors") as tmp:
+    with atomic_path(Path(path), suffix=".tmp.safetensors") as tmp:
         mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
 
 

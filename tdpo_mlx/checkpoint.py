@@ -17,21 +17,51 @@ Every file is written to a temporary name in the same directory and moved into p
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from .atomic import save_safetensors, write_json
+from .atomic import atomic_directory, save_safetensors, write_json, write_jsonl
 from .errors import NotFoundError, UserError
 
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
-METRICS_FILE = "metrics.jsonl"
 LATEST = "latest.json"
 CHECKPOINTS = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path, upto_step: int | None = None) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file in file order; ``[]`` when it does not exist.
+
+    Args:
+        path: the file (``<adapter_path>/metrics.jsonl``).
+        upto_step: keep only records with ``step <= upto_step`` (what a resumed run keeps).
+
+    Raises:
+        ValueError: a line that is not JSON (the file and line are named).
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not a JSON record ({e.msg}); delete the line or the file") from None
+            if upto_step is None or record.get("step", 0) <= upto_step:
+                records.append(record)
+    return records
+
+
+def write_metrics(path, records) -> None:
+    """Write ``records`` (dicts) as the whole ``metrics.jsonl`` at ``path``, atomically."""
+    write_jsonl(path, records)
 
 
 def adapter_weights(model) -> dict:
@@ -73,34 +103,16 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
     final = root / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
+    with atomic_directory(final, overwrite=True) as tmp:
         save_adapters(tmp, model, adapter_config)
         save_safetensors(tmp / OPTIMIZER_FILE, dict(tree_flatten(optimizer.state)))
         write_json(tmp / STATE_FILE, {**state, "step": step})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     write_json(root / LATEST, {"step": step, "dir": name})
     if keep:
         old = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p != final)
         for p in old[: max(0, len(old) - (keep - 1))]:
             shutil.rmtree(p, ignore_errors=True)
     return final
-
-
-def read_metrics(path, upto_step: int | None = None) -> list[dict]:
-    """Records of a ``metrics.jsonl`` file in order, those after ``upto_step`` left out
-    (a resumed run drops what the interrupted run logged past its checkpoint); [] if absent."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
-    return [r for r in records if upto_step is None or r.get("step", 0) <= upto_step]
 
 
 def find_checkpoint(resume: str, adapter_path) -> Path:

@@ -518,20 +518,6 @@ def markdown_table(rows: Sequence[dict]) -> str:
 # Files and model loading
 
 
-def write_text_atomic(path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:func:`tdpo_mlx.atomic.write_text`)."""
-    from .atomic import write_text
-
-    write_text(path, text)
-
-
-def write_jsonl_atomic(path, rows) -> None:
-    """Write dicts as JSON lines, atomically (:func:`tdpo_mlx.atomic.write_jsonl`)."""
-    from .atomic import write_jsonl
-
-    write_jsonl(path, rows)
-
-
 def read_prompts(path) -> list[str]:
     """Prompts from a file: ``.jsonl``/``.json`` lines with a ``prompt`` string, else one per line.
 

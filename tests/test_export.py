@@ -12,8 +12,9 @@ from mlx.utils import tree_flatten
 from safetensors import safe_open
 from support.models import make_adapter, make_model_dir, mlx_logits
 
+from tdpo_mlx import atomic
 from tdpo_mlx.export import ExportPrecisionWarning, UnsupportedExportError, export
-from tdpo_mlx.export import files as export_io
+from tdpo_mlx.export.files import parse_size
 from tdpo_mlx.export.names import check_supported
 from tdpo_mlx.export.peft import choose_targets, peft_targets
 
@@ -324,9 +325,9 @@ def test_writes_are_atomic(llama, tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == sorted(res.files)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
-    export_io.write_json(tmp_path / "a.json", {"x": 1})
+    atomic.write_json(tmp_path / "a.json", {"x": 1})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
-    assert export_io.parse_size("5GB") == 5 * 10**9 and export_io.parse_size("2MiB") == 2 * 2**20
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("2MiB") == 2 * 2**20
 
 
 def test_cli_export(llama, tmp_path, capsys):

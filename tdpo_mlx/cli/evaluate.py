@@ -45,14 +45,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from ..atomic import write_jsonl, write_text
     from ..evaluate import (
         KL_DIRECTION,
         evaluate_policy,
         load_model,
         markdown_table,
         read_prompts,
-        write_jsonl_atomic,
-        write_text_atomic,
     )
     from ..rewards import load_reward
 
@@ -95,14 +94,14 @@ def run(args) -> int:
             "seed",
         )
     }
-    write_text_atomic(
+    write_text(
         out / "eval.json",
         json.dumps(
             {"kl_direction": KL_DIRECTION, "settings": settings, "n_prompts": len(prompts), "rows": rows}, indent=2
         ),
     )
     table = markdown_table(rows)
-    write_text_atomic(
+    write_text(
         out / "eval.md",
         (
             f"# Evaluation\n\nmodel `{args.model}`, adapters `{args.adapter_path}`, reward `{args.reward}`, "
@@ -112,7 +111,7 @@ def run(args) -> int:
             "sample for the same prompt and slot under the reward, ties count 1/2.\n"
         ),
     )
-    write_jsonl_atomic(
+    write_jsonl(
         out / "samples.jsonl",
         (
             [

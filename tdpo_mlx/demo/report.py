@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..atomic import write_json, write_text
+from ..checkpoint import read_metrics as read_metrics_file
 from ..evaluate import KL_DIRECTION, markdown_table
 
 KL_SAMPLES = "KL(π_θ‖π_ref) on policy samples"
@@ -44,10 +45,7 @@ def read_jsonl(path) -> list[dict]:
 def read_metrics(path) -> list[dict]:
     """Records of a trainer's metrics.jsonl (training ones with ``kl/chosen``, evaluation ones
     with ``eval_loss``), ordered by step."""
-    p = pathlib.Path(path)
-    if not p.exists():
-        return []
-    recs = [r for r in read_jsonl(p) if "step" in r and ("kl/chosen" in r or "eval_loss" in r)]
+    recs = [r for r in read_metrics_file(path) if "step" in r and ("kl/chosen" in r or "eval_loss" in r)]
     return sorted(recs, key=lambda r: r["step"])
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from ..checkpoint import METRICS_FILE, read_metrics
+
 # Where the trainer may have stored each fact in adapter_config.json (first hit wins); values
 # may also sit under one of NESTED.
 _FIELDS = {
@@ -72,28 +74,21 @@ def training_info(adapter_dir: str | Path | None) -> dict:
         info["method"] = METHOD_NAMES.get(str(info["method"]).lower(), str(info["method"]))
     metrics = _lookup(cfg, _METRIC_KEYS)
     if not isinstance(metrics, dict):
-        metrics = _last_eval_metrics(adapter_dir / "metrics.jsonl")
+        metrics = _last_eval_metrics(read_metrics(adapter_dir / METRICS_FILE))
     if metrics:
         info["metrics"] = metrics
     return info
 
 
-def _last_eval_metrics(path: Path) -> dict | None:
-    """The ``eval_*`` entries of the last line of ``metrics.jsonl`` that has any."""
-    if not path.is_file():
-        return None
+def _last_eval_metrics(records: list[dict]) -> dict | None:
+    """The ``eval_*`` entries (and ``step``) of the last record that has any."""
     last = None
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            ev = {k: v for k, v in rec.items() if k.startswith("eval_")}
-            if ev:
-                if "step" in rec:
-                    ev["step"] = rec["step"]
-                last = ev
+    for rec in records:
+        ev = {k: v for k, v in rec.items() if k.startswith("eval_")}
+        if ev:
+            if "step" in rec:
+                ev["step"] = rec["step"]
+            last = ev
     return last
 
 

@@ -1,16 +1,14 @@
-"""Atomic file and directory writes for exports, safetensors shards, tokenizer files.
+"""Safetensors shards, shard sizes and tokenizer files of an export.
 
-Every export is assembled in a temporary sibling directory and moved into place with one
-``os.replace`` (:func:`atomic_directory`); each file inside is itself written to a temporary
-name and renamed, so a crash never leaves a half-written file under its final name.
+Every file goes through :mod:`tdpo_mlx.atomic`, so a crash never leaves a half-written file
+under its final name.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-# Re-exported for the exporters: the shared atomic writers.
-from ..atomic import atomic_directory, copy_file, save_safetensors, write_bytes, write_json, write_text  # noqa: F401
+from ..atomic import copy_file, save_safetensors, write_json
 from ..errors import UserError
 
 # Tokenizer and chat-template files copied next to exported weights when present.

@@ -16,7 +16,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from . import files as export_files
+from ..atomic import copy_file, write_json
+from .files import copy_tokenizer_files, save_sharded
 from .fuse import dtype_name
 from .names import check_supported, hf_name
 
@@ -78,11 +79,11 @@ def write_hf(
     """Write the fused ``model`` (already cast to ``dtype``) into ``out`` in HF layout."""
     weights = hf_weights(model, model_type)
     tied = "lm_head.weight" not in weights
-    files = export_files.save_sharded(out, weights, max_shard_bytes, {"format": "pt"})
-    export_files.write_json(out / "config.json", hf_config(raw_config, model_type, dtype, tied))
-    export_files.write_json(out / "generation_config.json", generation_config(model_dir, raw_config))
+    files = save_sharded(out, weights, max_shard_bytes, {"format": "pt"})
+    write_json(out / "config.json", hf_config(raw_config, model_type, dtype, tied))
+    write_json(out / "generation_config.json", generation_config(model_dir, raw_config))
     files += ["config.json", "generation_config.json"]
-    files += export_files.copy_tokenizer_files(model_dir, out)
+    files += copy_tokenizer_files(model_dir, out)
     return files
 
 
@@ -102,7 +103,7 @@ def write_mlx(
             (written to ``config.json`` as mlx-lm expects), else None (float weights in ``dtype``).
     """
     weights = dict(tree_flatten(model.parameters()))
-    files = export_files.save_sharded(out, weights, max_shard_bytes, {"format": "mlx"})
+    files = save_sharded(out, weights, max_shard_bytes, {"format": "mlx"})
     cfg = copy.deepcopy(raw_config)
     for k in QUANT_KEYS:
         cfg.pop(k, None)
@@ -112,10 +113,10 @@ def write_mlx(
     cfg["torch_dtype"] = dtype_name(dtype)
     if "lm_head.weight" not in weights and "tie_word_embeddings" in cfg:
         cfg["tie_word_embeddings"] = True
-    export_files.write_json(out / "config.json", cfg)
+    write_json(out / "config.json", cfg)
     files.append("config.json")
     if (model_dir / "generation_config.json").is_file():
-        export_files.copy_file(model_dir / "generation_config.json", out / "generation_config.json")
+        copy_file(model_dir / "generation_config.json", out / "generation_config.json")
         files.append("generation_config.json")
-    files += export_files.copy_tokenizer_files(model_dir, out)
+    files += copy_tokenizer_files(model_dir, out)
     return files

@@ -24,7 +24,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import files as export_files
+from ..atomic import save_safetensors, write_json
 from .fuse import is_adapter
 from .names import UnsupportedExportError, hf_name, layer_index
 
@@ -195,6 +195,6 @@ def write_peft(
     tensors, modules = adapter_tensors(model, model_type, dtype)
     dropout = float((adapter_config.get("lora_parameters") or {}).get("dropout", 0.0))
     cfg = peft_config(modules, linear_module_names(model, model_type), dropout, base_model_name)
-    export_files.save_safetensors(out / "adapter_model.safetensors", tensors, {"format": "pt"})
-    export_files.write_json(out / "adapter_config.json", cfg)
+    save_safetensors(out / "adapter_model.safetensors", tensors, {"format": "pt"})
+    write_json(out / "adapter_config.json", cfg)
     return ["adapter_model.safetensors", "adapter_config.json"]

@@ -21,9 +21,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import atomic_directory, write_text
 from ..errors import NotFoundError, UserError
 from . import card as cards
-from . import files as export_files
+from .files import parse_size
 from .fuse import (
     ExportPrecisionWarning,
     cast_floats,
@@ -252,7 +253,7 @@ def export(
     if quantize is not None and quantize not in (2, 3, 4, 5, 6, 8):
         raise UserError(f"--quantize {quantize}: choose 2, 3, 4, 5, 6 or 8 bits (mlx-lm affine)")
     want_dtype = _parse_dtype(dtype)
-    max_bytes = export_files.parse_size(max_shard_size)
+    max_bytes = parse_size(max_shard_size)
 
     model_dir = resolve_model_dir(model)
     raw_config = _read_json(model_dir / "config.json")
@@ -269,7 +270,7 @@ def export(
         issued.append(name_warning)
 
     adapted = [n for n, m in mlx_model.named_modules() if is_adapter(m)]
-    with export_files.atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite) as tmp:
         if to == "peft":
             files = write_peft(tmp, mlx_model, model_type, adapter_cfg, base_name, want_dtype)
             saved = dtype_name(want_dtype) if want_dtype is not None else None
@@ -283,7 +284,7 @@ def export(
                 files = write_mlx(tmp, mlx_model, raw_config, model_dir, dt, max_bytes, quantization)
             saved = dtype_name(dt)
         card = cards.model_card(to, info, base_name, notes=issued or None)
-        export_files.write_text(tmp / "README.md", card)
+        write_text(tmp / "README.md", card)
         files.append("README.md")
     result = ExportResult(
         out=Path(out).resolve(),
