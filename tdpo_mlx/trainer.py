@@ -48,6 +48,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import BatchIterator, load_train_eval, make_batch
+from .data import pad_id as data_pad_id
 from .distributed import World, check_global_batch, init_world, shard
 from .fast_stats import batch_statistics, enable_grad_checkpoint
 from .losses import pair_metrics, preference_loss
@@ -244,14 +245,6 @@ def build_optimizer(config: TrainConfig, total_steps: int) -> optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}; choose rmsprop, adamw, adam or sgd")
 
 
-def _pad_id(tokenizer) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        v = getattr(tokenizer, name, None) if tokenizer is not None else None
-        if isinstance(v, int):
-            return v
-    return 0
-
-
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
@@ -350,7 +343,7 @@ def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, tr
         eval_pairs = loaded_eval if eval_pairs is None else eval_pairs
     if config.grad_checkpoint:
         enable_grad_checkpoint(model)
-    pad_id = _pad_id(tokenizer)
+    pad_id = data_pad_id(tokenizer)
     batches = BatchIterator(train_pairs, config.batch_size, seed=config.seed, pad_id=pad_id)
     eval_pairs = list(eval_pairs or [])
     eval_batches = [

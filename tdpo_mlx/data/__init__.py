@@ -3,10 +3,11 @@
 - :mod:`.sources`: read rows from files, directories, ``datasets`` folders and hub ids; formats.
 - :mod:`.encode`: token rules (BOS/EOS, chat templates, response boundaries) and truncation.
 - :mod:`.load`: :func:`load_preference_data` (the entry point) and :func:`split_holdout`.
-- :mod:`.batches`: :class:`EncodedPair`, :class:`Batch`, :func:`make_batch`, :class:`BatchIterator`.
+- :mod:`.batches`: :class:`EncodedPair`, :class:`Batch`, :func:`make_batch`, :func:`pad_id`,
+  :class:`BatchIterator`.
 """
 
-from .batches import Batch, BatchIterator, EncodedPair, make_batch, response_target_mask
+from .batches import Batch, BatchIterator, EncodedPair, make_batch, pad_id, response_target_mask
 from .encode import DataSummary, TokenRules
 from .load import load_preference_data, load_train_eval, split_holdout
 from .sources import DataError
@@ -21,6 +22,7 @@ __all__ = [
     "load_preference_data",
     "load_train_eval",
     "make_batch",
+    "pad_id",
     "response_target_mask",
     "split_holdout",
 ]

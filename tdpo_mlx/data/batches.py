@@ -90,6 +90,16 @@ class EncodedPair:
         return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
 
 
+def pad_id(tokenizer) -> int:
+    """The id written into padding: the tokenizer's pad token, else its EOS, else 0 (padding is
+    masked by lengths, so the value never changes a result)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        v = getattr(tokenizer, name, None)
+        if isinstance(v, int):
+            return v
+    return 0
+
+
 def make_batch(pairs, pad_id: int = 0, pad_to: int | None = None) -> Batch:
     """Right-pad B pairs into a :class:`Batch` of 2B rows (chosen rows first).
 

@@ -35,8 +35,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..atomic import write_json, write_jsonl
+from ..data import pad_id
 from ..errors import UserError
 from ..evaluate import Sample, summarize
+from ..models import resolve_model
 from .config import OPENERS, DemoConfig
 from .report import read_jsonl, read_metrics, write_report
 
@@ -290,14 +292,14 @@ def encoded(pairs: list[dict]) -> list:
 def score_samples(model, tok, samples, reward_fn, cfg, *, compute_kl: bool, progress: bool, desc: str) -> dict:
     """Per-sample reward, sequence KL(pi_theta || pi_ref) (0 without ``compute_kl``), entropy sum
     and token count of ``samples`` (plain lists, JSON-ready) plus the table row."""
-    from ..evaluate import _pad_id, sample_statistics
+    from ..evaluate import sample_statistics
 
     stats = sample_statistics(
         model,
         samples,
         compute_kl=compute_kl,
         batch_size=cfg.score_batch_size,
-        pad_id=_pad_id(tok),
+        pad_id=pad_id(tok),
         progress=progress,
         desc=desc,
     )
@@ -448,7 +450,6 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
         ValueError: ``out`` holds a run whose data settings differ (use a new folder).
     """
     from ..data.load import split_holdout
-    from ..gguf import resolve_model_path
     from ..rewards import load_reward
 
     out = pathlib.Path(out)
@@ -462,7 +463,7 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     # 1. model
     clock.start()
     _say(f"[1/{n_stages}] model: resolving {cfg.model}")
-    model_dir = str(resolve_model_path(cfg.model))
+    model_dir = resolve_model(cfg.model)
     _say(f"  {model_dir}")
     if not (out / "prompts.json").exists():
         train_p, eval_p = split_prompts(load_openers(), cfg.n_train_prompts, cfg.n_eval_prompts, cfg.seeds[0])
