@@ -41,7 +41,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--model", default="gemma3-270m", help="model path or named source (resolve_model_path)")
+    p.add_argument("--model", default="gemma3-270m", help="model path or named source (tdpo_mlx.models.resolve_model)")
     p.add_argument("--tiny", action="store_true", help="tiny random Gemma-3-shaped model instead of --model")
     p.add_argument("--pairs", type=int, default=2)
     p.add_argument("--prompt-len", type=int, default=256)
@@ -94,9 +94,9 @@ def load_model(args):
     else:
         from mlx_lm.utils import load
 
-        from tdpo_mlx.gguf import resolve_model_path
+        from tdpo_mlx.models import resolve_model
 
-        path = resolve_model_path(args.model)
+        path = resolve_model(args.model)
         model, _ = load(path)
         name = f"{args.model} ({path})"
     dtype = backend.default_compute_dtype()

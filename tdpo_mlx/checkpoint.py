@@ -20,6 +20,9 @@ import json
 import shutil
 from pathlib import Path
 
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
 from .atomic import atomic_directory, save_safetensors, write_json, write_jsonl
 from .errors import NotFoundError, UserError
 
@@ -66,8 +69,6 @@ def write_metrics(path, records) -> None:
 
 def adapter_weights(model) -> dict:
     """Flat ``{name: array}`` of the trainable adapter tensors (mlx-lm names)."""
-    from mlx.utils import tree_flatten
-
     return dict(tree_flatten(model.trainable_parameters()))
 
 
@@ -97,8 +98,6 @@ def save_checkpoint(
     Returns:
         The checkpoint directory.
     """
-    from mlx.utils import tree_flatten
-
     root = Path(adapter_path) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
@@ -139,6 +138,31 @@ def find_checkpoint(resume: str, adapter_path) -> Path:
     )
 
 
+def load_adapter_weights(model, path) -> None:
+    """Replace the adapter tensors of ``model`` (which already carries the matching LoRA/DoRA
+    wrappers) by those of an ``adapters.safetensors`` file: resuming, or evaluating another
+    checkpoint of the same run. The base stays as it is.
+
+    Raises:
+        UserError: a tensor missing on either side or of another shape (the first 20 named).
+    """
+    weights = mx.load(str(path))
+    have = adapter_weights(model)
+    errors = [f"  {k}: not an adapter of this model" for k in weights if k not in have]
+    errors += [
+        f"  {k}: shape {tuple(v.shape)} != model {tuple(have[k].shape)}"
+        for k, v in weights.items()
+        if k in have and v.shape != have[k].shape
+    ]
+    errors += [f"  {k}: missing in the file" for k in have if k not in weights]
+    if errors:
+        raise UserError(
+            f"{path} does not match the model's adapters (same model and --lora-* options needed):\n"
+            + "\n".join(errors[:20])
+        )
+    model.load_weights(list(weights.items()), strict=False)
+
+
 def load_checkpoint(directory, model, optimizer) -> dict:
     """Load adapters and optimizer state from a checkpoint directory into ``model`` / ``optimizer``.
 
@@ -149,27 +173,10 @@ def load_checkpoint(directory, model, optimizer) -> dict:
         The trainer state dict from ``trainer_state.json``.
 
     Raises:
-        ValueError: the checkpoint's tensors do not match the model's adapters.
+        UserError: the checkpoint's tensors do not match the model's adapters.
     """
-    import mlx.core as mx
-    from mlx.utils import tree_unflatten
-
     directory = Path(directory)
-    weights = mx.load(str(directory / ADAPTER_FILE))
-    have = adapter_weights(model)
-    errors = [f"  {k}: missing in the checkpoint" for k in have if k not in weights]
-    errors += [f"  {k}: not an adapter of this model" for k in weights if k not in have]
-    errors += [
-        f"  {k}: shape {tuple(v.shape)} != model {tuple(have[k].shape)}"
-        for k, v in weights.items()
-        if k in have and v.shape != have[k].shape
-    ]
-    if errors:
-        raise UserError(
-            f"checkpoint {directory} does not match the model's adapters "
-            "(same --lora-* options needed):\n" + "\n".join(errors[:20])
-        )
-    model.load_weights(list(weights.items()), strict=False)
+    load_adapter_weights(model, directory / ADAPTER_FILE)
     opt_state = mx.load(str(directory / OPTIMIZER_FILE))
     optimizer.state = tree_unflatten(list(opt_state.items()))
     with open(directory / STATE_FILE, encoding="utf-8") as fh:

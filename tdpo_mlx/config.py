@@ -191,6 +191,11 @@ class TrainConfig:
             return self.warmup_steps
         return min(DEFAULT_WARMUP, int(0.1 * total_steps))
 
+    def lora(self) -> dict:
+        """The LoRA settings (``lora_*`` fields and ``dora``) as keyword arguments of
+        :func:`tdpo_mlx.models.attach_adapters` / :func:`tdpo_mlx.models.load_policy`."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith(("lora_", "dora"))}
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

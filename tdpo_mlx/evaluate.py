@@ -22,14 +22,23 @@ Generation uses mlx-lm's :class:`mlx_lm.generate.BatchGenerator` and
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.sample_utils import make_sampler
+from tqdm.auto import tqdm
 
-from .errors import NotFoundError, UserError
+from .backend import default_compute_dtype
+from .data import pad_id as pad_of
+from .errors import UserError
+from .fast_stats import _post_logits, _verified_plan
+from .models import adapters_disabled, load_policy, read_adapter_config
 
 KL_DIRECTION = "KL(pi_theta || pi_ref), summed over generated tokens, on samples from pi_theta"
 
@@ -65,10 +74,6 @@ class Sample:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return None
     return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
@@ -117,9 +122,6 @@ def generate_samples(
     Returns:
         P*K :class:`Sample` in order (prompt 0 sample 0, prompt 0 sample 1, ...).
     """
-    from mlx_lm.generate import BatchGenerator
-    from mlx_lm.sample_utils import make_sampler
-
     if samples_per_prompt < 1 or max_tokens < 1 or batch_size < 1:
         raise ValueError("samples_per_prompt, max_tokens and batch_size must be >= 1")
     prompt_ids = encode_prompts(tokenizer, prompts)
@@ -250,8 +252,6 @@ def sample_statistics(
         KL(pi_theta || pi_ref), nats), ``entropy_sum`` (sum of per-token entropies, nats),
         ``n_tokens`` (generated tokens scored, EOS included when sampled).
     """
-    from .models import adapters_disabled
-
     n = len(samples)
     kl = np.zeros(n)
     ent = np.zeros(n)
@@ -294,13 +294,7 @@ def _logits_at(model, inputs: mx.array, pos: mx.array) -> mx.array:
     the full (N, L, V) logits.
     """
     idx = pos[..., None]
-    plan = None
-    try:
-        from .fast_stats import _post_logits, _verified_plan
-
-        plan = _verified_plan(model)
-    except ImportError:
-        pass
+    plan = _verified_plan(model)
     if plan is None:
         return mx.take_along_axis(model(inputs), idx, axis=1)
     hidden = mx.take_along_axis(plan.body(inputs), idx, axis=1)
@@ -425,9 +419,7 @@ def evaluate_policy(
     Returns:
         :class:`EvalResult`.
     """
-    from .models import adapters_disabled
-
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_of(tokenizer)
     if reference is None:
         with adapters_disabled(model):
             ref_samples = generate_samples(
@@ -477,14 +469,6 @@ def evaluate_policy(
     return EvalResult(row, ref_row, samples, rewards, ref_samples, ref_rewards)
 
 
-def _pad_id(tokenizer) -> int:
-    pid = getattr(tokenizer, "pad_token_id", None)
-    if pid is None:
-        eos = list(getattr(tokenizer, "eos_token_ids", []) or [0])
-        pid = eos[0]
-    return int(pid)
-
-
 # ----------------------------------------------------------------------------------------------
 # Report formatting
 
@@ -524,9 +508,6 @@ def read_prompts(path) -> list[str]:
     Blank lines are skipped. Raises ``ValueError`` naming the file and line for a bad record, and
     when the file holds no prompt.
     """
-    import json
-    import pathlib
-
     path = pathlib.Path(path)
     text = path.read_text(encoding="utf-8")
     prompts = []
@@ -551,82 +532,25 @@ def read_prompts(path) -> list[str]:
 
 def load_model(model: str, adapter_path=None):
     """Load an mlx-lm model (path, hub id or named source such as ``gemma3-270m``) with optional
-    trained adapters, in the backend's compute dtype (float32 on CPU).
+    trained adapters, in the backend's compute dtype (float32 on CPU), in eval mode.
 
     The adapters' ``adapter_config.json`` (mlx-lm keys, as written by ``tdpo-mlx train``) decides
-    the LoRA/DoRA layout and whether the base is quantized (QLoRA), via
-    :func:`tdpo_mlx.models.load_policy`; then ``adapters.safetensors`` is loaded into it.
+    the LoRA/DoRA layout (:func:`tdpo_mlx.models.load_trained_adapters`) and whether the base is
+    quantized (QLoRA, its ``quantize`` key).
 
     Returns:
-        (model, tokenizer) in eval mode; adapters (if any) are active, and switching them off
-        with :func:`tdpo_mlx.models.adapters_disabled` gives the reference.
+        (model, tokenizer); adapters (if any) are active, and switching them off with
+        :func:`tdpo_mlx.models.adapters_disabled` gives the reference.
 
     Raises:
-        FileNotFoundError: ``adapter_path`` lacks adapters.safetensors or adapter_config.json.
+        NotFoundError: ``adapter_path`` lacks adapters.safetensors or adapter_config.json.
         ValueError: adapter tensors that the model does not have.
     """
-    import json
-    import pathlib
-
-    from .models import load_policy
-
     if adapter_path is None:
         m, tok = load_policy(model, adapters=False)
     else:
-        ap = pathlib.Path(adapter_path)
-        for name in ("adapters.safetensors", "adapter_config.json"):
-            if not (ap / name).is_file():
-                raise NotFoundError(
-                    f"{ap / name} not found: --adapter-path must be the output folder of a finished "
-                    "tdpo-mlx train run (adapters.safetensors + adapter_config.json)"
-                )
-        cfg = json.loads((ap / "adapter_config.json").read_text(encoding="utf-8"))
-        lp = cfg.get("lora_parameters", {})
-        m, tok = load_policy(
-            model,
-            lora_rank=int(lp.get("rank", 8)),
-            lora_scale=lp.get("scale"),
-            lora_layers=int(cfg.get("num_layers", -1)),
-            lora_keys=lp.get("keys"),
-            dora=cfg.get("fine_tune_type") == "dora",
-            quantize=cfg.get("quantize"),
-        )
-        load_adapter_weights(m, ap / "adapters.safetensors")
-    _cast_floats(m)
+        quantize = read_adapter_config(adapter_path).get("quantize")
+        m, tok = load_policy(model, adapter_path=adapter_path, quantize=quantize)
+    m.set_dtype(default_compute_dtype())  # adapters saved in another dtype
     m.eval()
     return m, tok
-
-
-def load_adapter_weights(model, path) -> None:
-    """Load adapter tensors (``adapters.safetensors``) into a model that already carries the
-    matching LoRA/DoRA wrappers.
-
-    Raises:
-        ValueError: a tensor name the model lacks, or a shape mismatch (names the first few).
-    """
-    from mlx.utils import tree_flatten
-
-    weights = mx.load(str(path))
-    params = dict(tree_flatten(model.parameters()))
-    missing = [k for k in weights if k not in params]
-    if missing:
-        raise UserError(
-            f"{path}: {len(missing)} adapter tensors do not exist in the model, e.g. {missing[:3]} "
-            "(were the adapters trained on another model or LoRA layout?)"
-        )
-    bad = [k for k, v in weights.items() if tuple(v.shape) != tuple(params[k].shape)]
-    if bad:
-        raise UserError(f"{path}: shape mismatch for {bad[:3]}")
-    model.load_weights(list(weights.items()), strict=False)
-
-
-def _cast_floats(model) -> None:
-    from mlx.utils import tree_flatten, tree_unflatten
-
-    from .backend import default_compute_dtype
-
-    dtype = default_compute_dtype()
-    params = tree_flatten(model.parameters())
-    new = [(k, v.astype(dtype)) for k, v in params if mx.issubdtype(v.dtype, mx.floating) and v.dtype != dtype]
-    if new:
-        model.update(tree_unflatten(new))

@@ -7,11 +7,21 @@ adapters switched off (no second copy in memory): :func:`adapters_disabled`.
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 
+import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm import load as mlx_load
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
+from mlx_lm.tuner.utils import linear_to_lora_layers, load_adapters
 
+from .backend import default_compute_dtype
+from .checkpoint import ADAPTER_CONFIG, ADAPTER_FILE
+from .config import TrainConfig
 from .errors import NotFoundError, UserError
+from .gguf import resolve_model_path
 
 
 def adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -51,17 +61,16 @@ def adapters_disabled(model: nn.Module):
 QUANT_GROUP_SIZE = 64
 
 
-def resolve_model(name_or_path: str) -> str:
-    """A local mlx-lm model directory (or hub id) for ``name_or_path``.
+def resolve_model(name_or_path: str | Path) -> str:
+    """The one model resolver: a local mlx-lm model directory or hub id for ``name_or_path``.
 
-    Named sources such as ``gemma3-270m`` are resolved by
-    :func:`tdpo_mlx.gguf.resolve_model_path` (imported lazily; when that module is not
-    installed the argument is returned unchanged).
+    A named source such as ``gemma3-270m`` is imported once from its GGUF file into the cache
+    (:func:`tdpo_mlx.gguf.resolve_model_path`); a directory or hub id comes back unchanged (mlx-lm
+    resolves and downloads hub ids itself).
+
+    Raises:
+        NotFoundError: a named source whose package is not installed.
     """
-    try:
-        from .gguf import resolve_model_path
-    except ImportError:
-        return str(name_or_path)
     return str(resolve_model_path(str(name_or_path)))
 
 
@@ -71,13 +80,7 @@ def parse_dtype(dtype):
     Raises:
         ValueError: unknown name.
     """
-    import mlx.core as mx
-
     if dtype is None:
-        try:
-            from .backend import default_compute_dtype
-        except ImportError:  # pragma: no cover - backend always present in the package
-            return mx.float32
         return default_compute_dtype()
     if isinstance(dtype, mx.Dtype):
         return dtype
@@ -98,9 +101,6 @@ def parse_dtype(dtype):
 def _load_base(path: str, dtype, quantize):
     """mlx-lm model + tokenizer with floating weights cast to ``dtype`` and, optionally, the
     linear and embedding weights quantized to ``quantize`` bits (group size 64)."""
-    import mlx.core as mx
-    from mlx_lm import load as mlx_load
-
     model, tokenizer = mlx_load(resolve_model(path))
     dtype = parse_dtype(dtype)
     model.set_dtype(dtype)  # floating parameters only; quantized codes stay integer
@@ -121,8 +121,6 @@ def block_linear_keys(model: nn.Module) -> list[str]:
     """Module paths inside each transformer block (``model.layers[i]``) that LoRA can wrap
     (linear, quantized linear, mixture-of-experts switch layers), sorted, e.g.
     ``['mlp.down_proj', ..., 'self_attn.v_proj']``."""
-    from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
-
     types = (nn.Linear, nn.QuantizedLinear, SwitchLinear, QuantizedSwitchLinear)
     keys = set()
     for layer in model.layers:
@@ -162,15 +160,17 @@ def resolve_lora_keys(model: nn.Module, keys) -> list[str]:
 def attach_adapters(
     model: nn.Module,
     *,
-    lora_rank: int = 8,
-    lora_alpha: float = 16.0,
-    lora_scale: float | None = None,
-    lora_dropout: float = 0.0,
-    lora_layers: int = -1,
-    lora_keys=None,
-    dora: bool = False,
+    lora_rank: int = TrainConfig.lora_rank,
+    lora_alpha: float = TrainConfig.lora_alpha,
+    lora_scale: float | None = TrainConfig.lora_scale,
+    lora_dropout: float = TrainConfig.lora_dropout,
+    lora_layers: int = TrainConfig.lora_layers,
+    lora_keys=TrainConfig.lora_keys,
+    dora: bool = TrainConfig.dora,
 ) -> dict:
     """Freeze ``model`` and wrap the chosen linear layers with mlx-lm LoRA (or DoRA) layers.
+
+    The defaults are :class:`tdpo_mlx.config.TrainConfig`'s (one place for every knob).
 
     Uses :func:`mlx_lm.tuner.utils.linear_to_lora_layers`; LoRA factors are the only trainable
     parameters afterwards (and DoRA's magnitude ``m``).
@@ -189,8 +189,6 @@ def attach_adapters(
     Raises:
         ValueError: bad rank, layer count or key.
     """
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
     n_blocks = len(model.layers)
     if lora_rank < 1:
         raise UserError(f"lora_rank must be >= 1, got {lora_rank}")
@@ -209,23 +207,18 @@ def attach_adapters(
 def load_policy(
     model: str,
     *,
-    lora_rank: int = 8,
-    lora_alpha: float = 16.0,
-    lora_scale: float | None = None,
-    lora_dropout: float = 0.0,
-    lora_layers: int = -1,
-    lora_keys=None,
-    dora: bool = False,
     quantize: int | None = None,
     dtype=None,
     adapters: bool = True,
-    adapter_path: str | None = None,
+    adapter_path: str | Path | None = None,
+    **lora,
 ):
     """Load a trainable policy: base model (frozen; quantized with ``quantize`` = QLoRA) + adapters.
 
     Args:
         model: mlx-lm model directory, hub id, or named source (``gemma3-270m``).
-        lora_*, dora: see :func:`attach_adapters`.
+        lora: the LoRA settings ``lora_rank``, ``lora_alpha``, ``lora_scale``, ``lora_dropout``,
+            ``lora_layers``, ``lora_keys``, ``dora``: see :func:`attach_adapters`.
         quantize: None, 4 or 8: quantize the frozen base's linear/embedding weights at load
             (mlx ``nn.quantize``, affine, group size 64).
         dtype: compute dtype of the floating weights; None = float32 on the CPU backend,
@@ -233,8 +226,8 @@ def load_policy(
         adapters: False returns the frozen base without adapters.
         adapter_path: an mlx-lm adapter directory (``adapters.safetensors`` +
             ``adapter_config.json``, e.g. a finished run's ``--adapter-path``): its adapters are
-            attached and loaded (mlx-lm's ``load_adapters``) instead of fresh ones; the
-            ``lora_*``/``dora`` arguments are then ignored.
+            attached and loaded (:func:`load_trained_adapters`) instead of fresh ones; the
+            LoRA settings are then ignored.
 
     Returns:
         ``(model, tokenizer)``; ``model.adapter_config`` holds the mlx-lm adapter config dict
@@ -242,35 +235,58 @@ def load_policy(
     """
     m, tokenizer = _load_base(model, dtype, quantize)
     if adapter_path is not None:
-        import json
-        from pathlib import Path
-
-        from mlx_lm.tuner.utils import load_adapters
-
-        cfg_file = Path(adapter_path) / "adapter_config.json"
-        if not cfg_file.is_file():
-            raise NotFoundError(f"no adapter_config.json in {adapter_path} (an mlx-lm adapter directory)")
-        full = json.loads(cfg_file.read_text(encoding="utf-8"))
-        m.freeze()
-        load_adapters(m, str(adapter_path))  # new LoRA factors are trainable, the base stays frozen
+        full = load_trained_adapters(m, adapter_path)
         cfg = {k: full[k] for k in ("fine_tune_type", "num_layers", "lora_parameters") if k in full}
     elif adapters:
-        cfg = attach_adapters(
-            m,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_scale=lora_scale,
-            lora_dropout=lora_dropout,
-            lora_layers=lora_layers,
-            lora_keys=lora_keys,
-            dora=dora,
-        )
+        cfg = attach_adapters(m, **lora)
     else:
         m.freeze()
         cfg = None
     # a plain attribute (not a child in the parameter tree: Module.__setattr__ would store dicts there)
     object.__setattr__(m, "adapter_config", cfg)
     return m, tokenizer
+
+
+def read_adapter_config(adapter_path: str | Path) -> dict:
+    """The ``adapter_config.json`` of an mlx-lm adapter directory, checked: both files there
+    (``adapters.safetensors`` + ``adapter_config.json``, as written by ``tdpo-mlx train`` or
+    ``mlx_lm.lora``), valid JSON, adapters rather than a full fine-tune.
+
+    Raises:
+        NotFoundError: a file missing. UserError: not JSON, or ``fine_tune_type`` ``full``.
+    """
+    ap = Path(adapter_path)
+    for name in (ADAPTER_CONFIG, ADAPTER_FILE):
+        if not (ap / name).is_file():
+            raise NotFoundError(
+                f"{ap / name} not found: --adapter-path must be an mlx-lm adapter directory "
+                "(adapters.safetensors + adapter_config.json, as written by tdpo-mlx train or mlx_lm.lora)"
+            )
+    try:
+        cfg = json.loads((ap / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{ap / ADAPTER_CONFIG}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if cfg.get("fine_tune_type", "lora") == "full":
+        raise UserError(f"{ap}: a full fine-tune (fine_tune_type full) is not an adapter; load it as a model instead")
+    return cfg
+
+
+def load_trained_adapters(model: nn.Module, adapter_path: str | Path) -> dict:
+    """The one way to attach trained adapters: freeze ``model``, wrap the layers that
+    ``adapter_config.json`` names and load ``adapters.safetensors`` into them, with mlx-lm's own
+    ``load_adapters`` (which refuses tensors of other names or shapes).
+
+    Returns:
+        The directory's adapter config (see :func:`read_adapter_config`).
+
+    Raises:
+        NotFoundError, UserError: see :func:`read_adapter_config`; ValueError: tensors that do not
+        fit the model (from mlx-lm).
+    """
+    cfg = read_adapter_config(adapter_path)
+    model.freeze()  # the new LoRA factors are trainable, the base stays frozen
+    load_adapters(model, str(adapter_path))
+    return cfg
 
 
 def load_reference(model: str, *, quantize: int | None = None, dtype=None) -> nn.Module:
@@ -283,6 +299,4 @@ def load_reference(model: str, *, quantize: int | None = None, dtype=None) -> nn
 
 def count_trainable(model: nn.Module) -> int:
     """Number of trainable scalars (LoRA factors and DoRA magnitudes)."""
-    from mlx.utils import tree_flatten
-
     return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))

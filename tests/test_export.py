@@ -291,7 +291,7 @@ def test_push_to_hub_uses_hf_api(llama, tmp_path, monkeypatch):
         def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None):
             calls.append(("upload_folder", repo_id, repo_type, sorted(p.name for p in Path(folder_path).iterdir())))
 
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr("tdpo_mlx.export.pipeline.HfApi", FakeApi)
     model, lora, _ = llama
     res = export(model, lora, to="peft", out=tmp_path / "peft", push_to_hub="me/tiny-tdpo", private=True)
     assert calls == [
@@ -311,12 +311,10 @@ def test_writes_are_atomic(llama, tmp_path, monkeypatch):
         export(model, lora, to="peft", out=out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
-    import tdpo_mlx.export.hf as ehf
-
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ehf, "write_hf", boom)
+    monkeypatch.setattr("tdpo_mlx.export.pipeline.write_hf", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         export(model, lora, to="hf", out=tmp_path / "hf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial export, no temp dirs left

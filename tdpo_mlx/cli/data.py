@@ -65,14 +65,12 @@ def add_parser(subparsers) -> None:
 
 
 def load_tokenizer(model: str):
-    """The tokenizer of ``model`` (named sources resolved by the GGUF importer when present)."""
-    try:
-        from tdpo_mlx.gguf import resolve_model_path
-
-        model = resolve_model_path(model)
-    except ImportError:
-        pass
+    """The tokenizer of ``model`` (:func:`tdpo_mlx.models.resolve_model`)."""
     from pathlib import Path
+
+    from ..models import resolve_model
+
+    model = resolve_model(model)
 
     if Path(model).is_dir():
         try:

@@ -21,8 +21,13 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlx.core as mx
+from huggingface_hub import HfApi
+from mlx_lm.utils import load_model, quantize_model
+
 from ..atomic import atomic_directory, write_text
 from ..errors import NotFoundError, UserError
+from ..models import load_trained_adapters, read_adapter_config, resolve_model
 from . import card as cards
 from .files import parse_size
 from .fuse import (
@@ -38,7 +43,9 @@ from .fuse import (
     rounding_losses,
     warn_losses,
 )
+from .hf import write_hf, write_mlx
 from .names import UnsupportedExportError, check_supported
+from .peft import write_peft
 
 TARGETS = ("peft", "hf", "mlx")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -70,20 +77,13 @@ class ExportResult:
 
 
 def resolve_model_dir(model: str | Path) -> Path:
-    """A local mlx-lm model directory for ``model`` (a directory, or a named source such as
-    ``gemma3-270m`` that :func:`tdpo_mlx.gguf.resolve_model_path` imports once).
+    """The local mlx-lm model directory of ``model`` (:func:`tdpo_mlx.models.resolve_model`),
+    checked: exports read its ``config.json`` and tokenizer files, so a hub id is not enough.
 
     Raises:
-        FileNotFoundError: no ``config.json`` there.
+        NotFoundError: no ``config.json`` there.
     """
-    path = str(model)
-    try:
-        from ..gguf import resolve_model_path
-    except ImportError:
-        resolve_model_path = None
-    if resolve_model_path is not None and not Path(path).is_dir():
-        path = resolve_model_path(path)
-    p = Path(path)
+    p = Path(resolve_model(model))
     if not (p / "config.json").is_file():
         raise NotFoundError(
             f"{p}: not an mlx-lm model directory (no config.json). Pass the directory of the base "
@@ -101,40 +101,24 @@ def _read_json(path: Path) -> dict:
 
 
 def load_for_export(model_dir: str | Path, adapter_path: str | Path | None, lazy: bool = False):
-    """(mlx-lm model with adapters attached, adapter_config dict) via mlx-lm's own loaders;
+    """(mlx-lm model with adapters attached, adapter_config dict): the base with mlx-lm's loader
+    as stored (no dtype cast), the adapters with :func:`tdpo_mlx.models.load_trained_adapters`;
     ``model_dir`` is resolved with :func:`resolve_model_dir`.
 
     Raises:
-        FileNotFoundError: ``adapter_path`` lacks ``adapter_config.json``/``adapters.safetensors``.
-        ValueError: adapter tensors that do not fit the model (from mlx-lm's loader).
+        NotFoundError: ``adapter_path`` lacks ``adapter_config.json``/``adapters.safetensors``.
+        UserError: a full fine-tune instead of adapters; ValueError: adapter tensors that do not
+        fit the model (from mlx-lm's loader).
     """
-    from mlx_lm.tuner.utils import load_adapters
-    from mlx_lm.utils import load_model
-
-    adapter_cfg: dict = {}
     if adapter_path is not None:
-        ap = Path(adapter_path)
-        for name in ("adapter_config.json", "adapters.safetensors"):
-            if not (ap / name).is_file():
-                raise NotFoundError(
-                    f"{ap / name} not found: --adapter-path must be an mlx-lm adapter directory "
-                    "(adapters.safetensors + adapter_config.json, as written by tdpo-mlx train or mlx_lm.lora)"
-                )
-        adapter_cfg = _read_json(ap / "adapter_config.json")
-        if adapter_cfg.get("fine_tune_type", "lora") == "full":
-            raise UnsupportedExportError(
-                f"{ap}: a full fine-tune (fine_tune_type full) is not an adapter; load it as a model instead"
-            )
+        read_adapter_config(adapter_path)  # a wrong path fails before the base is loaded
     model, _ = load_model(resolve_model_dir(model_dir), lazy=lazy)
-    if adapter_path is not None:
-        model = load_adapters(model, str(adapter_path))
+    adapter_cfg = {} if adapter_path is None else load_trained_adapters(model, adapter_path)
     model.eval()
     return model, adapter_cfg
 
 
 def _parse_dtype(name: str | None):
-    import mlx.core as mx
-
     if name is None:
         return None
     if name not in DTYPES:
@@ -176,8 +160,6 @@ def fuse_for_export(model, dtype, quantize: int | None = None, group_size: int =
         :class:`~tdpo_mlx.export.fuse.ExportPrecisionWarning` messages issued for layers whose
         update the dtype or the re-quantization does not keep (case A2).
     """
-    import mlx.core as mx
-
     check = dtype != mx.float32 or quantize is not None
     fused = fuse_float32(model, keep_base=check)
     dequantize_float32(model)
@@ -189,8 +171,6 @@ def fuse_for_export(model, dtype, quantize: int | None = None, group_size: int =
         if dtype != mx.float32:  # layers that stay unquantized are rounded to dtype
             dr = dtype_rounder(dtype)
             losses += rounding_losses(model, fused, lambda x: None if qr(x) is not None else dr(x), dtype_name(dtype))
-        from mlx_lm.utils import quantize_model
-
         model, qcfg = quantize_model(model, {}, group_size=group_size, bits=quantize)
         quantization = qcfg["quantization"]
     elif dtype != mx.float32:
@@ -241,9 +221,6 @@ def export(
         UnsupportedExportError: no safe Hugging Face mapping for the architecture or adapter.
         FileNotFoundError: model or adapter directory incomplete; FileExistsError: ``out`` not empty.
     """
-    from .hf import write_hf, write_mlx
-    from .peft import write_peft
-
     if to not in TARGETS:
         raise UserError(f"--to {to!r}: choose one of {', '.join(TARGETS)}")
     if to == "peft" and adapter_path is None:
@@ -306,8 +283,6 @@ def upload_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, to
 
     Needs a Hugging Face token (``huggingface-cli login`` or ``HF_TOKEN``) and network access.
     """
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token)
     repo = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
     api.upload_folder(
