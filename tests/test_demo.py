@@ -13,7 +13,7 @@ import pytest
 import tdpo_mlx  # noqa: F401
 from tdpo_mlx.demo import config, report
 from tdpo_mlx.demo import run as demo
-from tdpo_mlx.evaluate import Sample
+from tdpo_mlx.evaluation import Sample
 
 
 def _s(p, k, text, ids):

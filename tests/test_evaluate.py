@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
-from tdpo_mlx import evaluate as ev
+from tdpo_mlx import evaluation as ev
 from tdpo_mlx import rewards
 
 CORPUS = [
@@ -265,11 +265,11 @@ def test_generation_is_seeded(tiny):
     assert ev.Sample.from_json(a[0].to_json()) == a[0]
 
 
-def test_evaluate_policy_rows(tiny):
+def test_evaluate_rows(tiny):
     model, tok = tiny
     attach_lora(model, perturb=0.3)
     length = lambda p, c: [float(len(x)) for x in c]  # noqa: E731
-    res = ev.evaluate_policy(
+    res = ev.evaluate(
         model, tok, ["the film", "I went"], length, name="pol", samples_per_prompt=2, max_tokens=5, progress=False
     )
     assert res.reference["seq_kl_mean"] == 0.0 and res.reference["win_rate_vs_reference"] == 0.5

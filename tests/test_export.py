@@ -13,7 +13,7 @@ from safetensors import safe_open
 from support.models import make_adapter, make_model_dir, mlx_logits
 
 from tdpo_mlx import atomic
-from tdpo_mlx.export import ExportPrecisionWarning, UnsupportedExportError, export
+from tdpo_mlx.export import ExportPrecisionWarning, UnsupportedExportError, export, pipeline
 from tdpo_mlx.export.files import parse_size
 from tdpo_mlx.export.names import check_supported
 from tdpo_mlx.export.peft import choose_targets, peft_targets
@@ -291,7 +291,7 @@ def test_push_to_hub_uses_hf_api(llama, tmp_path, monkeypatch):
         def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None):
             calls.append(("upload_folder", repo_id, repo_type, sorted(p.name for p in Path(folder_path).iterdir())))
 
-    monkeypatch.setattr("tdpo_mlx.export.pipeline.HfApi", FakeApi)
+    monkeypatch.setattr(pipeline, "HfApi", FakeApi)
     model, lora, _ = llama
     res = export(model, lora, to="peft", out=tmp_path / "peft", push_to_hub="me/tiny-tdpo", private=True)
     assert calls == [
@@ -314,7 +314,7 @@ def test_writes_are_atomic(llama, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("tdpo_mlx.export.pipeline.write_hf", boom)
+    monkeypatch.setattr(pipeline, "write_hf", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         export(model, lora, to="hf", out=tmp_path / "hf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial export, no temp dirs left

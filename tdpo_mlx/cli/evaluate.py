@@ -46,9 +46,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..atomic import write_jsonl, write_text
-    from ..evaluate import (
+    from ..evaluation import (
         KL_DIRECTION,
-        evaluate_policy,
+        evaluate,
         load_model,
         markdown_table,
         read_prompts,
@@ -63,7 +63,7 @@ def run(args) -> int:
     prompts = read_prompts(args.prompts)
     model, tokenizer = load_model(args.model, args.adapter_path)
     name = pathlib.Path(args.adapter_path).name if args.adapter_path else "policy"
-    res = evaluate_policy(
+    res = evaluate(
         model,
         tokenizer,
         prompts,

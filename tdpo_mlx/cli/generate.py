@@ -50,7 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..evaluate import generate_samples, load_model, read_prompts
+    from ..evaluation import generate_samples, load_model, read_prompts
 
     check_model(args.model)
     check_adapter_path(args.adapter_path)

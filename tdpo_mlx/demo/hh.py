@@ -107,7 +107,8 @@ def prompt_texts(tok, pairs, n: int) -> list[str]:
 def generation_scores(model, tok, prompts, cfg: HHConfig, seed: int, *, policy: bool) -> dict:
     """Sample replies on ``prompts`` (policy, or the reference with ``policy=False``) and return
     per sample the entropy sum (nats), token count and sequence KL(pi_theta || pi_ref)."""
-    from ..evaluate import _pad_id, generate_samples, sample_statistics
+    from ..data import pad_id
+    from ..evaluation import generate_samples, sample_statistics
     from ..models import adapters_disabled
 
     def go():
@@ -124,7 +125,7 @@ def generation_scores(model, tok, prompts, cfg: HHConfig, seed: int, *, policy: 
             progress=False,
         )
         st = sample_statistics(
-            model, s, compute_kl=policy, batch_size=cfg.score_batch_size, pad_id=_pad_id(tok), progress=False
+            model, s, compute_kl=policy, batch_size=cfg.score_batch_size, pad_id=pad_id(tok), progress=False
         )
         return {
             "entropy_sum": np.asarray(st["entropy_sum"]).tolist(),
@@ -140,7 +141,8 @@ def generation_scores(model, tok, prompts, cfg: HHConfig, seed: int, *, policy: 
 
 def stage_eval(out: pathlib.Path, cfg: HHConfig, get_model, heldout, progress: bool) -> dict:
     """Score every run (and the reference's generations once); one JSON file per run."""
-    from ..evaluate import _pad_id, load_adapter_weights
+    from ..checkpoint import load_adapter_weights
+    from ..data import pad_id
 
     runs = [(v, s) for v in cfg.variants() for s in cfg.seeds]
     bar = _progress(len(runs) + 1, "hh eval runs", progress)
@@ -157,7 +159,7 @@ def stage_eval(out: pathlib.Path, cfg: HHConfig, get_model, heldout, progress: b
         if not f.exists():
             model, tok = get_model()
             load_adapter_weights(model, run_dir(out, name, seed) / "adapters.safetensors")
-            rec = pair_scores(model, heldout, cfg, loss, alpha, _pad_id(tok))
+            rec = pair_scores(model, heldout, cfg, loss, alpha, pad_id(tok))
             rec.update(
                 generation_scores(model, tok, prompt_texts(tok, heldout, cfg.n_eval_prompts), cfg, seed, policy=True)
             )
@@ -257,7 +259,7 @@ def run_hh(out, cfg: HHConfig, *, progress: bool = True) -> pathlib.Path:
         FileNotFoundError: the HH data file is missing.
         ValueError: ``out`` holds a run with other settings.
     """
-    from ..gguf import resolve_model_path
+    from ..models import resolve_model
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,7 +269,7 @@ def run_hh(out, cfg: HHConfig, *, progress: bool = True) -> pathlib.Path:
 
     clock.start()
     _say(f"[1/4] model and data: {cfg.model}, {cfg.data}")
-    model_dir = str(resolve_model_path(cfg.model))
+    model_dir = resolve_model(cfg.model)
     model, tok = _load_eval_model(model_dir, cfg)
     train_pairs, heldout = stage_data(out, cfg, tok)
     _say(f"  {len(train_pairs)} training pairs, {len(heldout)} held-out pairs")

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..atomic import write_json, write_text
 from ..checkpoint import read_metrics as read_metrics_file
-from ..evaluate import KL_DIRECTION, markdown_table
+from ..evaluation import KL_DIRECTION, markdown_table
 
 KL_SAMPLES = "KL(π_θ‖π_ref) on policy samples"
 KL_PAIRS = "KL(π_ref‖π_θ) on pairs"

@@ -37,7 +37,7 @@ import numpy as np
 from ..atomic import write_json, write_jsonl
 from ..data import pad_id
 from ..errors import UserError
-from ..evaluate import Sample, summarize
+from ..evaluation import Sample, summarize
 from ..models import resolve_model
 from .config import OPENERS, DemoConfig
 from .report import read_jsonl, read_metrics, write_report
@@ -166,7 +166,7 @@ def _load_eval_model(model_dir: str, cfg: DemoConfig):
 
 def stage_samples(out: pathlib.Path, cfg: DemoConfig, model, tok, train_prompts, reward_fn, progress: bool):
     """K reference completions per train prompt, scored; chunk files make it resumable."""
-    from ..evaluate import generate_samples
+    from ..evaluation import generate_samples
     from ..models import adapters_disabled
 
     final = out / "samples.jsonl"
@@ -292,7 +292,7 @@ def encoded(pairs: list[dict]) -> list:
 def score_samples(model, tok, samples, reward_fn, cfg, *, compute_kl: bool, progress: bool, desc: str) -> dict:
     """Per-sample reward, sequence KL(pi_theta || pi_ref) (0 without ``compute_kl``), entropy sum
     and token count of ``samples`` (plain lists, JSON-ready) plus the table row."""
-    from ..evaluate import sample_statistics
+    from ..evaluation import sample_statistics
 
     stats = sample_statistics(
         model,
@@ -319,7 +319,7 @@ def eval_point(model, tok, prompts, reward_fn, cfg, *, name: str, seed: int, ref
     or off for ``reference=None``) and score them; returns the point's JSON record: ``row``
     (table row), per-sample ``rewards``, ``kl``, ``entropy_sum``, ``n_tokens``,
     ``prompt_index`` and the ``samples``."""
-    from ..evaluate import generate_samples
+    from ..evaluation import generate_samples
     from ..models import adapters_disabled
 
     kw = dict(
@@ -355,7 +355,7 @@ def stage_eval(out: pathlib.Path, cfg: DemoConfig, get_model, eval_prompts, rewa
     """Evaluate the reference once, then every (variant, seed, step) point on the held-out
     prompts; one JSON file per point (``eval/<variant>/seed-<s>/step-<n>.json``), so a rerun
     evaluates only what is missing. Returns ``{"reference": record, (name, seed, step): record}``."""
-    from ..evaluate import load_adapter_weights
+    from ..checkpoint import load_adapter_weights
     from ..models import adapter_modules
 
     ref_file = out / "eval" / "reference.json"

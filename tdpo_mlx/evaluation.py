@@ -380,7 +380,7 @@ def summarize(
 
 @dataclasses.dataclass
 class EvalResult:
-    """Output of :func:`evaluate_policy`: table rows (policy, reference) and the raw samples."""
+    """Output of :func:`evaluate`: table rows (policy, reference) and the raw samples."""
 
     policy: dict
     reference: dict
@@ -390,7 +390,7 @@ class EvalResult:
     reference_rewards: list
 
 
-def evaluate_policy(
+def evaluate(
     model,
     tokenizer,
     prompts: Sequence[str],
