@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 
 import mlx.core as mx
 import pytest
@@ -34,14 +35,11 @@ def test_blas_info_shape():
 
 @linux_only
 def test_mkl_wheel_is_found_when_installed():
-    cands = backend._mkl_candidates()
     try:
-        from importlib import metadata
-
         metadata.distribution("mkl")
-    except Exception:
-        assert cands == [] or all(os.path.isfile(c) for c in cands)
-        return
+    except metadata.PackageNotFoundError:
+        pytest.skip("the mkl wheel is not installed (pip install -e '.[blas]')")
+    cands = backend._mkl_candidates()
     assert cands, "mkl wheel installed but libmkl_rt not found"
     assert all(os.path.basename(c).startswith("libmkl_rt.so") and os.path.isfile(c) for c in cands)
 
@@ -122,5 +120,7 @@ def test_doctor_compare_measures_wheel_blas():
     if backend.blas_info()["path"] is None or not backend.is_cpu_backend():
         pytest.skip("no optimized BLAS loaded")
     r = doctor.diagnose(size=128, repeats=1, compare=True)
-    assert r["baseline"]["gflops"] > 0
-    assert r["speedup"] == pytest.approx(r["matmul"]["gflops"] / r["baseline"]["gflops"])
+    # the baseline really ran on the wheel's own BLAS (no optimized library loaded in the child),
+    # this process on the optimized one, and both multiply correctly
+    assert r["baseline"]["blas"]["kind"] is None and r["blas"]["kind"] is not None
+    assert r["baseline"]["gflops"] > 0 and r["baseline"]["max_abs_err"] < 1e-2 * 128**0.5

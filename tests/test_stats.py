@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from tdpo_mlx.data import Batch, response_target_mask
+from tdpo_mlx.data import Batch, EncodedPair, make_batch, response_target_mask
 from tdpo_mlx.stats import sequence_statistics, split_pairs
 
 
@@ -71,11 +71,14 @@ def test_d6_mask_not_shifted():
     assert mx.sum(stub * mask).item() == -2.0
 
 
-def test_mask_from_lengths_not_ids():
-    """Pad id equal to EOS must not hide the real EOS of a response."""
+def test_real_eos_scored_when_padding_is_eos():
+    """Pad id equal to EOS must not hide the real EOS of a response: the ids go through
+    make_batch with EOS-valued padding, and the scored log-prob sums over exactly the response
+    tokens [7, EOS] (2 x -ln 8 under uniform logits), not over the padding."""
     eos = 1
-    ids = mx.array([[5, 6, 7, eos, eos, eos]])  # real EOS at index 3, then EOS-valued padding
-    mask = response_target_mask(mx.array([4]), mx.array([2]), 5)
-    np.testing.assert_array_equal(np.array(mask), [[0, 1, 1, 0, 0]])
-    assert ids.shape[1] - 1 == mask.shape[1]
-    assert math.isclose(float(mx.sum(mask).item()), 2)
+    batch = make_batch([EncodedPair([5, 6], [7, eos], [eos])], pad_id=eos, pad_to=6)
+    np.testing.assert_array_equal(np.array(batch.input_ids), [[5, 6, 7, eos, eos, eos], [5, 6, eos, eos, eos, eos]])
+    logits = mx.zeros((2, 5, 8))
+    s = sequence_statistics(logits, logits, batch.targets, batch.target_mask)
+    np.testing.assert_allclose(np.array(s.logps), [-2 * math.log(8), -math.log(8)], rtol=1e-6)
+    np.testing.assert_array_equal(np.array(s.n_tokens), [2, 1])

@@ -41,7 +41,8 @@ def diagnose(size: int = 1024, repeats: int = 5, compare: bool = True) -> dict:
 
     Keys: ``device`` (dict), ``blas`` (dict from :func:`tdpo_mlx.backend.blas_info`),
     ``compute_dtype``, ``matmul`` (GFLOP/s and error vs NumPy float64), and with ``compare`` on
-    the Linux CPU backend ``baseline`` (the wheel's own BLAS, measured in a subprocess) and
+    the Linux CPU backend ``baseline`` (the wheel's own BLAS, measured in a subprocess whose
+    ``blas`` is reported too) and
     ``speedup`` (ratio of GFLOP/s); ``advice`` is a list of lines.
     """
     from tdpo_mlx import backend
@@ -58,7 +59,7 @@ def diagnose(size: int = 1024, repeats: int = 5, compare: bool = True) -> dict:
     if compare and cpu_linux and report["blas"]["path"]:
         try:
             base = backend.measure_in_subprocess("none", size, repeats)
-            report["baseline"] = {k: base[k] for k in ("gflops", "max_abs_err")}
+            report["baseline"] = {k: base[k] for k in ("gflops", "max_abs_err", "blas")}
             report["speedup"] = report["matmul"]["gflops"] / max(base["gflops"], 1e-9)
         except Exception as e:  # report, don't fail the doctor
             report["advice"].append(f"could not measure the wheel's own BLAS: {e}")
