@@ -18,8 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .atomic import write_jsonl
-from .checkpoint import METRICS_FILE
+from .checkpoint import METRICS_FILE, write_metrics
 from .errors import UserError
 
 
@@ -106,7 +105,7 @@ class MetricsFile(Reporter):
 
     def on_log(self, record: dict) -> None:
         self.history.append(record)
-        write_jsonl(self.path, self.history)
+        write_metrics(self.path, self.history)
 
 
 class Callback(Reporter):

@@ -324,18 +324,7 @@ def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, tr
         out_dir.mkdir(parents=True, exist_ok=True)
     mx.random.seed(config.seed)
     if model is None:
-        model, tokenizer = load_policy(
-            config.model,
-            lora_rank=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_scale=config.lora_scale,
-            lora_dropout=config.lora_dropout,
-            lora_layers=config.lora_layers,
-            lora_keys=config.lora_keys,
-            dora=config.dora,
-            quantize=config.quantize,
-            dtype=config.dtype,
-        )
+        model, tokenizer = load_policy(config.model, quantize=config.quantize, dtype=config.dtype, **config.lora())
     if reference is None and config.ref_model:
         reference = load_reference(config.ref_model, quantize=config.quantize, dtype=config.dtype)
     if train_pairs is None:

@@ -5,7 +5,8 @@ import importlib.util
 import json
 
 import pytest
-from tiny_lm import make_model_dir, random_pairs
+from support.models import make_model_dir
+from support.pairs import random_pairs
 
 from tdpo_mlx.cli import main
 from tdpo_mlx.config import TrainConfig
