@@ -199,24 +199,6 @@ def device_info() -> dict:
     return info
 
 
-def set_wired_limit_if_available(fraction: float = 0.9) -> int | None:
-    """On Metal, wire ``fraction`` of the recommended working set (as mlx-lm's generate does).
-
-    Returns the limit set in bytes, or None where there is nothing to wire (CPU, CUDA, or an
-    MLX without ``set_wired_limit``). Never raises.
-    """
-    import mlx.core as mx
-
-    if backend_name() != "metal" or not hasattr(mx, "set_wired_limit"):
-        return None
-    try:
-        size = int(mx.metal.device_info()["max_recommended_working_set_size"] * fraction)
-        mx.set_wired_limit(size)
-        return size
-    except Exception:
-        return None
-
-
 def default_compute_dtype():
     """float32 on the CPU backend (no fast bf16 matmul there), bfloat16 on Metal/CUDA."""
     import mlx.core as mx

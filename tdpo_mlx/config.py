@@ -29,6 +29,8 @@ import os
 import typing
 from dataclasses import dataclass, field
 
+import yaml
+
 from .errors import UserError, did_you_mean, read_text
 
 OPTIMIZERS = ("rmsprop", "adamw", "adam", "sgd")
@@ -351,8 +353,6 @@ def load_config_file(path: str | os.PathLike) -> dict:
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     else:
-        import yaml
-
         try:
             data = yaml.safe_load(text)
         except RecursionError:

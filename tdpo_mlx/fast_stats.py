@@ -4,10 +4,15 @@ without any (N, T, V) tensor (response-only LM head, chunked KL, custom VJP).
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+from mlx_lm.tuner.trainer import grad_checkpoint
 
+from .models import adapters_disabled
 from .stats import SequenceStatistics, model_statistics
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +264,6 @@ def _eval_if_allowed(arrays) -> bool:
 
 
 def _has_trainable(module) -> bool:
-    from mlx.utils import tree_flatten
 
     return bool(tree_flatten(module.trainable_parameters()))
 
@@ -310,7 +314,6 @@ def batch_statistics(
     """
     if not fast:
         return model_statistics(model, batch, reference_model, average_log_prob)
-    from .models import adapters_disabled
 
     pol = _verified_plan(model)
     if reference_model is not None:
@@ -322,15 +325,12 @@ def batch_statistics(
         key = type(model).__module__
         if key not in _WARNED:
             _WARNED.add(key)
-            import warnings
 
             warnings.warn(
                 f"tdpo_mlx: no fast LM-head path for {key}; using the full-logits statistics",
                 stacklevel=2,
             )
         return model_statistics(model, batch, reference_model, average_log_prob)
-
-    import numpy as np
 
     inputs = batch.input_ids[:, :-1]
     mask = batch.target_mask
@@ -345,8 +345,6 @@ def batch_statistics(
     n_chunks = max(1, -(-p // c))
     idx = np.zeros(n_chunks * c, dtype=np.int32)
     idx[:p] = pos
-    weight = np.zeros(n_chunks * c, dtype=np.float32)
-    weight[:p] = 1.0
     rows = np.zeros((n, n_chunks * c), dtype=np.float32)
     rows[idx[:p] // t, np.arange(p)] = 1.0  # (N, P') row-membership of each scored position
     idx_mx = mx.array(idx)
@@ -398,7 +396,6 @@ def enable_grad_checkpoint(model) -> None:
     Raises:
         ValueError: if the model has no ``layers``.
     """
-    from mlx_lm.tuner.trainer import grad_checkpoint
 
     layers = getattr(model, "layers", None)
     if layers is None and hasattr(model, "model"):

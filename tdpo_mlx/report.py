@@ -13,6 +13,7 @@ evaluation records the same metric names with the prefix ``eval_``.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -176,7 +177,6 @@ def check_report_to(report_to) -> None:
     Raises:
         UserError: the package is not installed (with the pip command).
     """
-    import importlib.util
 
     for name in report_to or ():
         if importlib.util.find_spec(name) is None:

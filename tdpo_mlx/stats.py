@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import mlx.core as mx
 
+from .models import adapters_disabled
+
 
 class SequenceStatistics(NamedTuple):
     """Per-sequence statistics, each an (N,) float32 array.
@@ -149,7 +151,6 @@ def model_statistics(model, batch, reference_model=None, average_log_prob: bool 
     Returns:
         :class:`SequenceStatistics`, fields (2B,) float32, chosen rows first.
     """
-    from .models import adapters_disabled
 
     inputs = batch.input_ids[:, :-1]
     policy_logits = model(inputs)

@@ -32,6 +32,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
+from mlx_lm.utils import maybe_set_recommended_wired_limit
 
 from .atomic import write_json
 from .backend import peak_memory_gb
@@ -323,6 +324,7 @@ def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, tr
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     mx.random.seed(config.seed)
+    maybe_set_recommended_wired_limit()  # as mlx-lm's trainer does (None where the device reports no size)
     if model is None:
         model, tokenizer = load_policy(config.model, quantize=config.quantize, dtype=config.dtype, **config.lora())
     if reference is None and config.ref_model:

@@ -94,7 +94,6 @@ def test_device_helpers_on_this_backend():
     if info["backend"] == "cpu":
         assert backend.is_cpu_backend()
         assert backend.default_compute_dtype() == mx.float32
-        assert backend.set_wired_limit_if_available() is None
     else:
         assert backend.default_compute_dtype() == mx.bfloat16
     backend.reset_peak_memory()

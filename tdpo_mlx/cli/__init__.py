@@ -97,13 +97,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and name != only:
             sub.add_parser(name, add_help=False)
             continue
-        try:
-            mod = importlib.import_module(f"tdpo_mlx.cli.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"tdpo_mlx.cli.{module}":
-                raise
-            continue
-        mod.add_parser(sub)
+        importlib.import_module(f"tdpo_mlx.cli.{module}").add_parser(sub)
     return parser
 
 

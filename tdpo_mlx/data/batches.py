@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 
 from ..errors import UserError
 
@@ -145,7 +146,6 @@ class BatchIterator:
     def __init__(
         self, pairs, batch_size: int, seed: int = 0, pad_id: int = 0, shuffle: bool = True, group_by_length: bool = True
     ):
-        import numpy as np
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

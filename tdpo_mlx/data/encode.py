@@ -41,7 +41,10 @@ Token rules (issue 3; cases D1-D9 in ``../shared/cases/preference-data.md``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from ..errors import UserError, read_text
 from .sources import DataError, PreferenceRecord, RecordRefused
@@ -83,14 +86,9 @@ class TokenRules:
 
     def __init__(self, tokenizer, *, chat_template: str | None = None, add_bos: bool | None = None):
         extra_eos: set[int] = set()
-        try:
-            from mlx_lm.tokenizer_utils import TokenizerWrapper
-
-            if isinstance(tokenizer, TokenizerWrapper):
-                extra_eos = set(tokenizer.eos_token_ids or ())
-                tokenizer = tokenizer._tokenizer
-        except ImportError:  # pragma: no cover
-            pass
+        if isinstance(tokenizer, TokenizerWrapper):
+            extra_eos = set(tokenizer.eos_token_ids or ())
+            tokenizer = tokenizer._tokenizer
         self.tok = tokenizer
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         self.eos_id = getattr(tokenizer, "eos_token_id", None)
@@ -520,7 +518,6 @@ def truncate_pair(
 
 
 def _percentiles(values) -> dict:
-    import numpy as np
 
     if not values:
         return {}
@@ -622,7 +619,6 @@ class DataSummary:
 
     def as_dict(self) -> dict:
         """Plain JSON-able dict (for run metadata)."""
-        from dataclasses import asdict
 
         return asdict(self)
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
+
+import numpy as np
 
 from ..errors import UserError
 from .batches import EncodedPair
@@ -176,7 +179,6 @@ def split_holdout(pairs, fraction: float, seed: int = 0) -> tuple[list, list]:
     Raises:
         ValueError: fraction outside [0, 1); fewer than 2 pairs with fraction > 0.
     """
-    import numpy as np
 
     pairs = list(pairs)
     if not 0 <= fraction < 1:
@@ -252,8 +254,6 @@ def load_train_eval(config, tokenizer, log=print) -> tuple[list[EncodedPair], li
 
 def _load_eval(source, option: str, kw: dict, log, split: str | None = None) -> list[EncodedPair]:
     if split is None:
-        from pathlib import Path
-
         path = Path(str(source)).expanduser()
         if path.is_file():
             split = "train"  # a single file: all of it

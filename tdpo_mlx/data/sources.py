@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from ..errors import NotFoundError, UserError, did_you_mean, looks_like_path, near_misses
 
 FORMATS = ("auto", "standard", "implicit", "conversational")
@@ -231,7 +233,6 @@ def _from_dataset(ds, name: str) -> Rows:
 
 
 def _load_hub(name: str, split: str) -> Rows:
-    import datasets
 
     tried = []
     for s in dict.fromkeys((split,) + SPLIT_ALIASES.get(split, ())):
@@ -312,7 +313,6 @@ def read_rows(data, split: str = "train") -> Rows:
         f = _split_file(path, split)
         if f is not None:
             return _read_file(f, split)
-        import datasets
 
         if (path / "dataset_dict.json").is_file():
             dd = datasets.load_from_disk(str(path))
