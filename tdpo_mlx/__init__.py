@@ -40,7 +40,7 @@ _API = {
     "load_policy": "models",
     "adapters_disabled": "models",
     "load_model": "evaluation",
-    "generate_samples": "evaluation",
+    "generate_samples": "generation",
     "evaluate": "evaluation",
     "load_reward": "rewards",
     "export": "export",

@@ -11,7 +11,7 @@ import pytest
 import tdpo_mlx  # noqa: F401
 from tdpo_mlx.demo import config, report
 from tdpo_mlx.demo import run as demo
-from tdpo_mlx.evaluation import Sample
+from tdpo_mlx.generation import Sample
 
 
 def _s(p, k, text, ids):

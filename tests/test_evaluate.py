@@ -11,6 +11,7 @@ import pytest
 
 import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
 from tdpo_mlx import evaluation as ev
+from tdpo_mlx import generation as gen
 from tdpo_mlx import rewards
 
 CORPUS = [
@@ -200,7 +201,7 @@ def test_reward_loader_user_module_and_output_checks(tmp_path, monkeypatch):
 def test_kl_of_identical_models_is_zero(tiny):
     model, tok = tiny
     attach_lora(model)  # lora_b starts at zero: policy == reference
-    samples = ev.generate_samples(
+    samples = gen.generate_samples(
         model, tok, ["I went into this film", "the plot"], samples_per_prompt=2, max_tokens=6, seed=3, progress=False
     )
     st = ev.sample_statistics(model, samples, batch_size=3, progress=False)
@@ -215,7 +216,7 @@ def test_sequence_kl_matches_full_logits_reference(tiny):
 
     model, tok = tiny
     attach_lora(model, perturb=0.5)
-    samples = ev.generate_samples(
+    samples = gen.generate_samples(
         model,
         tok,
         ["I went into this film expecting", "the plot"],
@@ -245,7 +246,7 @@ def test_greedy_batched_generation_matches_teacher_forcing(tiny):
     for prompts of different lengths decoded in one batch (checks padding and alignment)."""
     model, tok = tiny
     prompts = ["I went into this film expecting a great", "the", "this movie is a good story"]
-    samples = ev.generate_samples(model, tok, prompts, max_tokens=5, temp=0.0, batch_size=3, progress=False)
+    samples = gen.generate_samples(model, tok, prompts, max_tokens=5, temp=0.0, batch_size=3, progress=False)
     assert [s.prompt_index for s in samples] == [0, 1, 2]
     for s in samples:
         assert s.prompt_ids[0] == 2 and 1 <= len(s.completion_ids) <= 5
@@ -258,11 +259,11 @@ def test_greedy_batched_generation_matches_teacher_forcing(tiny):
 
 def test_generation_is_seeded(tiny):
     model, tok = tiny
-    a = ev.generate_samples(model, tok, ["the film"], samples_per_prompt=3, max_tokens=6, seed=7, progress=False)
-    b = ev.generate_samples(model, tok, ["the film"], samples_per_prompt=3, max_tokens=6, seed=7, progress=False)
+    a = gen.generate_samples(model, tok, ["the film"], samples_per_prompt=3, max_tokens=6, seed=7, progress=False)
+    b = gen.generate_samples(model, tok, ["the film"], samples_per_prompt=3, max_tokens=6, seed=7, progress=False)
     assert [s.completion_ids for s in a] == [s.completion_ids for s in b]
     assert json.loads(json.dumps(a[0].to_json())) == a[0].to_json()
-    assert ev.Sample.from_json(a[0].to_json()) == a[0]
+    assert gen.Sample.from_json(a[0].to_json()) == a[0]
 
 
 def test_evaluate_rows(tiny):
@@ -395,11 +396,11 @@ def test_read_prompts_errors(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text('{"prompt": "a"}\n{"text": "b"}\n')
     with pytest.raises(ValueError, match=r"p.jsonl:2: expected an object with a string 'prompt'"):
-        ev.read_prompts(f)
+        gen.read_prompts(f)
     g = tmp_path / "empty.txt"
     g.write_text("\n\n")
     with pytest.raises(ValueError, match="no prompts"):
-        ev.read_prompts(g)
+        gen.read_prompts(g)
 
 
 @pytest.mark.slow
@@ -411,7 +412,7 @@ def test_real_gemma_sampling_and_scoring(gemma_dir):
     model, tok = load_policy(gemma_dir, lora_rank=2)
     model.eval()
     prompts = ["I went into this film expecting", "The soundtrack is mostly piano, and"]
-    samples = ev.generate_samples(model, tok, prompts, max_tokens=4, temp=0.0, batch_size=2, progress=False)
+    samples = gen.generate_samples(model, tok, prompts, max_tokens=4, temp=0.0, batch_size=2, progress=False)
     for s in samples:
         logits = np.array(model(mx.array([s.prompt_ids + s.completion_ids]))[0])
         p0 = len(s.prompt_ids) - 1

@@ -51,8 +51,8 @@ def run(args) -> int:
         evaluate,
         load_model,
         markdown_table,
-        read_prompts,
     )
+    from ..generation import read_prompts
     from ..rewards import load_reward
 
     check_model(args.model)

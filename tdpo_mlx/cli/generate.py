@@ -50,7 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..evaluation import generate_samples, load_model, read_prompts
+    from ..evaluation import load_model
+    from ..generation import generate_samples, read_prompts
 
     check_model(args.model)
     check_adapter_path(args.adapter_path)

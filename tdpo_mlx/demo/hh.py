@@ -108,7 +108,8 @@ def generation_scores(model, tok, prompts, cfg: HHConfig, seed: int, *, policy: 
     """Sample replies on ``prompts`` (policy, or the reference with ``policy=False``) and return
     per sample the entropy sum (nats), token count and sequence KL(pi_theta || pi_ref)."""
     from ..data import pad_id
-    from ..evaluation import generate_samples, sample_statistics
+    from ..evaluation import sample_statistics
+    from ..generation import generate_samples
     from ..models import adapters_disabled
 
     def go():

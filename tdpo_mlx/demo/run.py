@@ -37,7 +37,8 @@ import numpy as np
 from ..atomic import write_json, write_jsonl
 from ..data import pad_id
 from ..errors import UserError
-from ..evaluation import Sample, summarize
+from ..evaluation import summarize
+from ..generation import Sample, generate_samples
 from ..models import resolve_model
 from .config import OPENERS, DemoConfig
 from .report import read_jsonl, read_metrics, write_report
@@ -166,7 +167,6 @@ def _load_eval_model(model_dir: str, cfg: DemoConfig):
 
 def stage_samples(out: pathlib.Path, cfg: DemoConfig, model, tok, train_prompts, reward_fn, progress: bool):
     """K reference completions per train prompt, scored; chunk files make it resumable."""
-    from ..evaluation import generate_samples
     from ..models import adapters_disabled
 
     final = out / "samples.jsonl"
@@ -319,7 +319,6 @@ def eval_point(model, tok, prompts, reward_fn, cfg, *, name: str, seed: int, ref
     or off for ``reference=None``) and score them; returns the point's JSON record: ``row``
     (table row), per-sample ``rewards``, ``kl``, ``entropy_sum``, ``n_tokens``,
     ``prompt_index`` and the ``samples``."""
-    from ..evaluation import generate_samples
     from ..models import adapters_disabled
 
     kw = dict(
