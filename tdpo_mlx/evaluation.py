@@ -270,14 +270,10 @@ def evaluate(
     *,
     name: str = "policy",
     samples_per_prompt: int = 2,
-    max_tokens: int = 32,
-    temp: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 16,
     score_batch_size: int = 8,
     reference=None,
     progress: bool = True,
+    **sampling,
 ) -> EvalResult:
     """Sample from the policy and the reference on ``prompts``; score, compare and summarize.
 
@@ -285,60 +281,55 @@ def evaluate(
         model: the policy (mlx-lm model with adapters attached); the reference is the same model
             with adapters switched off.
         reward_fn: ``fn(prompts, completions) -> list[float]``.
+        samples_per_prompt: completions per prompt, for each of policy and reference.
+        sampling: the other sampling settings of :func:`tdpo_mlx.generation.generate_samples`
+            (``max_tokens``, ``temp``, ``top_p``, ``seed``, ``batch_size``), the same for both.
         reference: optional precomputed ``(samples, rewards, row)`` of the reference on the same
             prompts/settings (the demo reuses it across methods); computed when None.
 
     Returns:
         :class:`EvalResult`.
     """
-    pad_id = pad_of(tokenizer)
+    run = dict(samples_per_prompt=samples_per_prompt, score_batch_size=score_batch_size, progress=progress, **sampling)
     if reference is None:
         with adapters_disabled(model):
-            ref_samples = generate_samples(
-                model,
-                tokenizer,
-                prompts,
-                samples_per_prompt=samples_per_prompt,
-                max_tokens=max_tokens,
-                temp=temp,
-                top_p=top_p,
-                seed=seed,
-                batch_size=batch_size,
-                progress=progress,
-                desc="sample reference",
+            ref_samples, ref_stats, ref_rewards = _sample_and_score(
+                model, tokenizer, prompts, reward_fn, "reference", compute_kl=False, **run
             )
-            ref_stats = sample_statistics(
-                model,
-                ref_samples,
-                compute_kl=False,
-                batch_size=score_batch_size,
-                pad_id=pad_id,
-                progress=progress,
-                desc="score reference",
-            )
-        ref_rewards = list(reward_fn([s.prompt for s in ref_samples], [s.completion for s in ref_samples]))
         ref_row = summarize("reference", ref_samples, ref_rewards, ref_stats, ref_rewards)
     else:
         ref_samples, ref_rewards, ref_row = reference
-    samples = generate_samples(
-        model,
-        tokenizer,
-        prompts,
-        samples_per_prompt=samples_per_prompt,
-        max_tokens=max_tokens,
-        temp=temp,
-        top_p=top_p,
-        seed=seed,
-        batch_size=batch_size,
-        progress=progress,
-        desc=f"sample {name}",
-    )
-    stats = sample_statistics(
-        model, samples, batch_size=score_batch_size, pad_id=pad_id, progress=progress, desc=f"score {name}"
-    )
-    rewards = list(reward_fn([s.prompt for s in samples], [s.completion for s in samples]))
+    samples, stats, rewards = _sample_and_score(model, tokenizer, prompts, reward_fn, name, compute_kl=True, **run)
     row = summarize(name, samples, rewards, stats, ref_rewards)
     return EvalResult(row, ref_row, samples, rewards, ref_samples, ref_rewards)
+
+
+def _sample_and_score(
+    model,
+    tokenizer,
+    prompts,
+    reward_fn,
+    name: str,
+    *,
+    compute_kl: bool,
+    score_batch_size: int,
+    progress: bool,
+    **sampling,
+):
+    """(samples, teacher-forced statistics, rewards) of ``model`` as it is (``compute_kl``
+    False for the reference itself: its KL to itself is 0)."""
+    samples = generate_samples(model, tokenizer, prompts, progress=progress, desc=f"sample {name}", **sampling)
+    stats = sample_statistics(
+        model,
+        samples,
+        compute_kl=compute_kl,
+        batch_size=score_batch_size,
+        pad_id=pad_of(tokenizer),
+        progress=progress,
+        desc=f"score {name}",
+    )
+    rewards = list(reward_fn([s.prompt for s in samples], [s.completion for s in samples]))
+    return samples, stats, rewards
 
 
 # ----------------------------------------------------------------------------------------------
