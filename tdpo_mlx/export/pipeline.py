@@ -31,7 +31,6 @@ from ..models import load_trained_adapters, read_adapter_config, resolve_model
 from . import card as cards
 from .files import parse_size
 from .fuse import (
-    ExportPrecisionWarning,
     cast_floats,
     dequantize_float32,
     dtype_name,
@@ -44,22 +43,12 @@ from .fuse import (
     warn_losses,
 )
 from .hf import write_hf, write_mlx
-from .names import UnsupportedExportError, check_supported
+from .names import check_supported
 from .peft import write_peft
 
 TARGETS = ("peft", "hf", "mlx")
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-
-__all__ = [
-    "ExportPrecisionWarning",
-    "ExportResult",
-    "UnsupportedExportError",
-    "export",
-    "load_for_export",
-    "upload_to_hub",
-    "resolve_model_dir",
-]
 
 
 @dataclass
