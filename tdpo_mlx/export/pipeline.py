@@ -170,6 +170,18 @@ def fuse_for_export(model, dtype, quantize: int | None = None, group_size: int =
     return model, quantization, messages
 
 
+def _check_options(to: str, adapter_path, quantize: int | None) -> None:
+    """Refuse option combinations that cannot be exported (one line naming the option)."""
+    if to not in TARGETS:
+        raise UserError(f"--to {to!r}: choose one of {', '.join(TARGETS)}")
+    if to == "peft" and adapter_path is None:
+        raise UserError("--to peft needs --adapter-path")
+    if quantize is not None and to != "mlx":
+        raise UserError("--quantize applies to --to mlx only (Hugging Face exports are dequantized)")
+    if quantize is not None and quantize not in (2, 3, 4, 5, 6, 8):
+        raise UserError(f"--quantize {quantize}: choose 2, 3, 4, 5, 6 or 8 bits (mlx-lm affine)")
+
+
 def export(
     model: str | Path,
     adapter_path: str | Path | None = None,
@@ -210,14 +222,7 @@ def export(
         UnsupportedExportError: no safe Hugging Face mapping for the architecture or adapter.
         FileNotFoundError: model or adapter directory incomplete; FileExistsError: ``out`` not empty.
     """
-    if to not in TARGETS:
-        raise UserError(f"--to {to!r}: choose one of {', '.join(TARGETS)}")
-    if to == "peft" and adapter_path is None:
-        raise UserError("--to peft needs --adapter-path")
-    if quantize is not None and to != "mlx":
-        raise UserError("--quantize applies to --to mlx only (Hugging Face exports are dequantized)")
-    if quantize is not None and quantize not in (2, 3, 4, 5, 6, 8):
-        raise UserError(f"--quantize {quantize}: choose 2, 3, 4, 5, 6 or 8 bits (mlx-lm affine)")
+    _check_options(to, adapter_path, quantize)
     want_dtype = _parse_dtype(dtype)
     max_bytes = parse_size(max_shard_size)
 
