@@ -112,32 +112,47 @@ def model_card(kind: str, info: dict, base_model: str | None, notes: list[str] |
         base_model: the Hugging Face id/path of the unquantized base, when known.
         notes: extra lines (e.g. precision warnings) listed under "Export notes".
     """
-    library = {"peft": "peft", "hf": "transformers", "mlx": "mlx"}[kind]
-    meta: dict = {"library_name": library, "pipeline_tag": "text-generation"}
-    if is_hub_id(base_model):  # the Hub only accepts repository ids here
-        meta["base_model"] = base_model
-    tags = ["tdpo-mlx", "mlx"]
-    method = info.get("method")
-    if method:
-        tags.append(str(method).lower())
-    tags.append({"peft": "lora", "hf": "merged", "mlx": "merged"}[kind])
-    meta["tags"] = tags
-    front = yaml.safe_dump(meta, sort_keys=False).strip()
-
     what = {
         "peft": "A PEFT LoRA adapter",
         "hf": "A merged (adapter fused in float32, dequantized) transformers model",
         "mlx": "A merged MLX model for mlx-lm",
     }[kind]
-    lines = [f"---\n{front}\n---", "", f"# {what} trained with tdpo-mlx", ""]
+    lines = [f"---\n{_front_matter(kind, info, base_model)}\n---", "", f"# {what} trained with tdpo-mlx", ""]
     lines.append(
         "Preference-tuned with tdpo-mlx (Token-level Direct Preference "
         "Optimization, Zeng et al., ICML 2024, arXiv:2404.11999) on Apple MLX."
     )
     lines += ["", "## Training", "", "| | |", "|---|---|"]
-    rows = [
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in _training_rows(info, base_model) if v is not None]
+    metrics = info.get("metrics")
+    if metrics:
+        lines += ["", "## Final evaluation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
+    lines += ["", "## Use", "", *_usage(kind, base_model or "BASE_MODEL")]
+    if notes:
+        lines += ["", "## Export notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _front_matter(kind: str, info: dict, base_model: str | None) -> str:
+    """The card's YAML header: library, pipeline, base model (hub ids only), tags."""
+    meta: dict = {"library_name": {"peft": "peft", "hf": "transformers", "mlx": "mlx"}[kind]}
+    meta["pipeline_tag"] = "text-generation"
+    if is_hub_id(base_model):  # the Hub only accepts repository ids here
+        meta["base_model"] = base_model
+    tags = ["tdpo-mlx", "mlx"]
+    if info.get("method"):
+        tags.append(str(info["method"]).lower())
+    tags.append({"peft": "lora", "hf": "merged", "mlx": "merged"}[kind])
+    meta["tags"] = tags
+    return yaml.safe_dump(meta, sort_keys=False).strip()
+
+
+def _training_rows(info: dict, base_model: str | None) -> list[tuple[str, object]]:
+    keys = info.get("keys")
+    return [
         ("Base model", base_model or info.get("base_model") or info.get("model")),
-        ("Method", method),
+        ("Method", info.get("method")),
         ("beta", info.get("beta")),
         ("alpha (TDPO)", info.get("alpha")),
         ("Data", info.get("data")),
@@ -147,18 +162,15 @@ def model_card(kind: str, info: dict, base_model: str | None, notes: list[str] |
         ("Rank", info.get("rank")),
         ("Scale (lora_alpha / r)", info.get("scale")),
         ("Adapted layers", info.get("num_layers")),
-        ("Adapted modules", ", ".join(info["keys"]) if isinstance(info.get("keys"), list) else info.get("keys")),
+        ("Adapted modules", ", ".join(keys) if isinstance(keys, list) else keys),
         ("Seed", info.get("seed")),
     ]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in rows if v is not None]
-    metrics = info.get("metrics")
-    if metrics:
-        lines += ["", "## Final evaluation", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
-    lines += ["", "## Use", ""]
-    name = base_model or "BASE_MODEL"
+
+
+def _usage(kind: str, name: str) -> list[str]:
+    """How to load the export, as a code block."""
     if kind == "peft":
-        lines += [
+        return [
             "```python",
             "from transformers import AutoModelForCausalLM",
             "from peft import PeftModel",
@@ -166,15 +178,11 @@ def model_card(kind: str, info: dict, base_model: str | None, notes: list[str] |
             'model = PeftModel.from_pretrained(base, "THIS_REPO")',
             "```",
         ]
-    elif kind == "hf":
-        lines += [
+    if kind == "hf":
+        return [
             "```python",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             'model = AutoModelForCausalLM.from_pretrained("THIS_REPO")',
             "```",
         ]
-    else:
-        lines += ["```bash", 'mlx_lm.generate --model THIS_REPO --prompt "Hello"', "```"]
-    if notes:
-        lines += ["", "## Export notes", ""] + [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"
+    return ["```bash", 'mlx_lm.generate --model THIS_REPO --prompt "Hello"', "```"]
