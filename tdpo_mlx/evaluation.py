@@ -132,8 +132,7 @@ def sample_statistics(
     for start in range(0, n, batch_size):
         chunk = [s for s in samples[start : start + batch_size]]
         if all(len(s.completion_ids) == 0 for s in chunk):
-            if bar is not None:
-                bar.update(len(chunk))
+            bar.update(len(chunk))
             continue
         inputs, pos, mask = _pad_rows(chunk, pad_id)
         logits = _logits_at(model, inputs, pos)
@@ -151,10 +150,8 @@ def sample_statistics(
         kl[start : start + len(chunk)] = np.array(skl)
         ent[start : start + len(chunk)] = np.array(sent)
         ntok[start : start + len(chunk)] = np.array(mx.sum(mask, axis=-1))
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+        bar.update(len(chunk))
+    bar.close()
     return {"kl": kl, "entropy_sum": ent, "n_tokens": ntok}
 
 

@@ -112,35 +112,38 @@ def generate_samples(
     bar = progress_bar(len(jobs), desc, progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        gen = BatchGenerator(
-            model,
-            max_tokens=max_tokens,
-            stop_tokens=[[t] for t in eos],
-            sampler=sampler,
-            completion_batch_size=len(chunk),
-            prefill_batch_size=len(chunk),
-        )
-        try:
-            uids = gen.insert([prompt_ids[i] for i, _ in chunk], [max_tokens] * len(chunk))
-            tokens = {u: [] for u in uids}
-            reason = {u: None for u in uids}
-            while responses := gen.next_generated():
-                for r in responses:
-                    tokens[r.uid].append(int(r.token))
-                    if r.finish_reason is not None:
-                        reason[r.uid] = r.finish_reason
-        finally:
-            gen.close()
-        for (i, k), u in zip(chunk, uids):
-            ids = tokens[u]
-            finished = bool(ids) and ids[-1] in eos and reason[u] == "stop"
+        decoded = _decode_batch(model, [prompt_ids[i] for i, _ in chunk], max_tokens, eos, sampler)
+        for (i, k), (ids, reason) in zip(chunk, decoded):
+            finished = bool(ids) and ids[-1] in eos and reason == "stop"
             text_ids = ids[:-1] if finished else ids
             out.append(Sample(i, k, prompts[i], tokenizer.decode(text_ids), prompt_ids[i], ids, finished))
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+        bar.update(len(chunk))
+    bar.close()
     return out
+
+
+def _decode_batch(model, prompts: list[list[int]], max_tokens: int, eos: list[int], sampler):
+    """(generated ids, finish reason) per prompt, decoded together by mlx-lm's BatchGenerator."""
+    gen = BatchGenerator(
+        model,
+        max_tokens=max_tokens,
+        stop_tokens=[[t] for t in eos],
+        sampler=sampler,
+        completion_batch_size=len(prompts),
+        prefill_batch_size=len(prompts),
+    )
+    try:
+        uids = gen.insert(prompts, [max_tokens] * len(prompts))
+        tokens = {u: [] for u in uids}
+        reason = {u: None for u in uids}
+        while responses := gen.next_generated():
+            for r in responses:
+                tokens[r.uid].append(int(r.token))
+                if r.finish_reason is not None:
+                    reason[r.uid] = r.finish_reason
+    finally:
+        gen.close()
+    return [(tokens[u], reason[u]) for u in uids]
 
 
 def read_prompts(path) -> list[str]:
