@@ -14,7 +14,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_lm import make_model_dir
+from support.models import make_model_dir
 
 from tdpo_mlx.cli import main
 from tdpo_mlx.config import field_names

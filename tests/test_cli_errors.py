@@ -57,7 +57,7 @@ def test_real_entry_point_prints_one_line(tmp_path):
 def test_hub_failures_are_one_line_naming_the_hub_id(monkeypatch, capsys):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    import tdpo_mlx.evaluate as ev
+    import tdpo_mlx.evaluation as ev
 
     def offline(*a, **k):
         raise LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known\nmore")

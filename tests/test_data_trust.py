@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_data_support import plain_tokenizer
+from support.chat_tokenizers import plain_tokenizer
 
 from tdpo_mlx.config import TrainConfig
 from tdpo_mlx.data import DataError, load_preference_data, load_train_eval

@@ -4,7 +4,7 @@ import json
 import random
 
 import pytest
-from tiny_lm import make_model_dir
+from support.models import make_model_dir
 
 from tdpo_mlx.cli import main
 
