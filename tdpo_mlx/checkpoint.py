@@ -16,6 +16,7 @@ Every file is written to a temporary name in the same directory and moved into p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -223,8 +224,6 @@ def resume_settings(config, given=()):
     Raises:
         NotFoundError: no checkpoint; UserError: a given value that conflicts, naming both.
     """
-    import dataclasses
-
     if not config.resume:
         return config
     ck = find_checkpoint(config.resume, config.adapter_path)
