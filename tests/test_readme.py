@@ -50,3 +50,26 @@ def test_readme_from_python_snippet_runs(tmp_path, monkeypatch):
         "adapter_config.json",
         "adapter_model.safetensors",
     ]
+
+
+def test_public_api_names_are_documented_functions():
+    """Every name ``tdpo_mlx`` exports resolves, with a docstring; ``export`` stays the function
+    after the ``tdpo_mlx.export`` subpackage is imported; importing the package loads no mlx.core
+    (the BLAS loader must come first) and none of the API's modules."""
+    import subprocess
+    import sys
+
+    import tdpo_mlx
+    import tdpo_mlx.export.pipeline  # noqa: F401  (binds the subpackage: the name must stay the function)
+
+    names = [n for n in tdpo_mlx.__all__ if n != "__version__"]
+    assert {"TrainConfig", "train", "load_preference_data", "load_policy", "evaluate", "export", "import_gguf"} <= set(
+        names
+    )
+    for name in names:
+        obj = getattr(tdpo_mlx, name)
+        assert callable(obj) and (obj.__doc__ or "").strip(), name
+    assert tdpo_mlx.export is tdpo_mlx.export.__globals__["export"]
+    code = "import sys, tdpo_mlx; print(sorted(m for m in sys.modules if m in ('mlx.core', 'tdpo_mlx.trainer')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
