@@ -29,7 +29,7 @@ def readme_snippet() -> str:
 def test_readme_from_python_snippet_runs(tmp_path, monkeypatch):
     model_dir = make_model_dir(tmp_path / "tiny", seed=2)
     data = tmp_path / "pairs.jsonl"
-    rows = [{"prompt": "what is good ?", "chosen": "good answer", "rejected": "bad answer"} for _ in range(10)]
+    rows = [{"prompt": "what is good", "chosen": " good answer", "rejected": " bad answer"} for _ in range(10)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code = readme_snippet()
     for key in LOCAL:
