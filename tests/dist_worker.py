@@ -14,7 +14,7 @@ import signal
 import sys
 import traceback
 
-from tiny_lm import random_pairs
+from support.pairs import random_pairs
 
 import tdpo_mlx  # noqa: F401  (BLAS before mlx.core)
 import tdpo_mlx.trainer as trainer

@@ -12,7 +12,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from tiny_lm import make_model_dir, random_pairs
+from support.models import make_model_dir
+from support.pairs import random_pairs
 
 from tdpo_mlx.config import TrainConfig
 from tdpo_mlx.distributed import World, check_global_batch, shard
