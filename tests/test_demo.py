@@ -68,7 +68,7 @@ def test_build_pairs_best_vs_worst_skips_near_ties():
 
 
 def _png_ok(path):
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # written, as a PNG (the drawn numbers are checked above)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # written, as a PNG (the drawing: test_plots_draw_...)
 
 
 def _rec(rewards, kls, prompts):
@@ -220,6 +220,31 @@ def test_report_and_plots_on_fake_points(tmp_path):
     assert "| **total** | **4.5** | **7.5** |" in text
     _png_ok(tmp_path / "reward_vs_kl.png")
     _png_ok(tmp_path / "kl_curves.png")
+
+
+def test_plots_draw_the_numbers_they_are_given(tmp_path, monkeypatch):
+    """The figures hold their inputs: each frontier curve runs from the reference (0, its reward)
+    through the checkpoints; the KL panels plot the mean over seeds per step and its trailing mean."""
+    figs = {}
+    monkeypatch.setattr(report, "_save_fig", lambda fig, path: figs.__setitem__(pathlib.Path(path).name, fig))
+    report.plot_frontier({"dpo": _curve([(4.0, 0.8), (8.0, 1.0)]), "tdpo1": _curve([(2.0, 0.9)])}, tmp_path / "f.png")
+    drawn = {
+        c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()))
+        for c in figs["f.png"].axes[0].containers
+    }
+    assert drawn == {
+        report._label("dpo"): ([0.0, 4.0, 8.0], [0.4, 0.8, 1.0]),
+        report._label("tdpo1"): ([0.0, 2.0], [0.4, 0.9]),
+    }
+    metrics = {
+        ("dpo", seed): [{"step": k, "kl/chosen": f * k, "kl/rejected": 0.0, "kl/margin": 0.0} for k in (1, 2, 3, 4)]
+        for seed, f in ((0, 0.1), (1, 0.3))
+    }
+    report.plot_kl_curves(metrics, tmp_path / "k.png")
+    dots, mean = figs["k.png"].axes[0].lines[:2]
+    assert list(dots.get_xdata()) == [1, 2, 3, 4]
+    assert list(dots.get_ydata()) == pytest.approx([0.2, 0.4, 0.6, 0.8])  # mean of the two seeds
+    assert list(mean.get_ydata()) == pytest.approx([0.2, 0.3, 0.4, 0.6])  # 3-record trailing mean
 
 
 def test_moving_average_by_hand():
