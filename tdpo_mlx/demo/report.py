@@ -4,7 +4,7 @@ paper's Table 1, ``report.md``, ``results.json`` and the plots.
 Two KL directions appear, each labelled where it is shown:
 
 - on samples: sequence KL(pi_theta || pi_ref), summed over the tokens of completions sampled from
-  the policy on held-out prompts (:data:`tdpo_mlx.evaluate.KL_DIRECTION`), the frontier's x-axis
+  the policy on held-out prompts (:data:`tdpo_mlx.evaluation.KL_DIRECTION`), the frontier's x-axis
   (TDPO Fig. 2a / 3a);
 - on pairs: the sequential KL(pi_ref || pi_theta) of TDPO Eq. 8 on the chosen and rejected
   responses of training (or held-out) pairs, logged by the trainer as ``kl/chosen``,
