@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 # A layer keeping less than this fraction of its update after rounding gets a warning.
 RETAINED_WARN_BELOW = 0.5
@@ -167,12 +167,6 @@ def dequantize_float32(model: nn.Module) -> None:
         model.update_modules(tree_unflatten(layers))
 
 
-def cast_floats(model: nn.Module, dtype: mx.Dtype) -> None:
-    """Cast every floating-point parameter of ``model`` to ``dtype`` (in place); packed
-    integer weights of quantized layers are left as they are."""
-    model.update(tree_map(lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a, model.parameters()))
-
-
 def retained_fraction(rounded_base: mx.array, rounded_fused: mx.array, delta: mx.array) -> tuple[float, bool]:
     """``<R(W') - R(W), D> / ||D||^2`` in float32 and whether ``R(W') == R(W)`` exactly."""
     kept = rounded_fused.astype(mx.float32) - rounded_base.astype(mx.float32)
@@ -186,7 +180,7 @@ def retained_fraction(rounded_base: mx.array, rounded_fused: mx.array, delta: mx
 def rounding_losses(model: nn.Module, result: FuseResult, rounder, fmt: str) -> list[LayerLoss]:
     """Per fused layer, how much of its float32 update ``D = W' - W`` the rounding
     ``rounder`` (float32 array -> its rounded value as an array) keeps. Call while the fused
-    weights are still float32 (before :func:`cast_floats` or quantization). Layers for which
+    weights are still float32 (before the cast to the export dtype or quantization). Layers for which
     ``rounder`` returns None (e.g. not quantizable) are skipped. Returns only the layers that
     keep less than :data:`RETAINED_WARN_BELOW` of their update or are erased."""
     modules = dict(model.named_modules())

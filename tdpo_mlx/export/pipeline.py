@@ -31,7 +31,6 @@ from ..models import load_trained_adapters, read_adapter_config, resolve_model
 from . import card as cards
 from .files import parse_size
 from .fuse import (
-    cast_floats,
     dequantize_float32,
     dtype_name,
     dtype_rounder,
@@ -166,7 +165,7 @@ def fuse_for_export(model, dtype, quantize: int | None = None, group_size: int =
         losses += rounding_losses(model, fused, dtype_rounder(dtype), dtype_name(dtype))
     fused.base_weights.clear()
     messages = warn_losses(losses)
-    cast_floats(model, dtype)
+    model.set_dtype(dtype)  # floating parameters only; quantized codes stay integer
     return model, quantization, messages
 
 
