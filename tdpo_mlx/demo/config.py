@@ -16,10 +16,10 @@ HH_DATA = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
 # feed the estimate printed before a run; tokens are prompt + response positions.
 COST = {
     "load": 12.0,  # load the model (per training run and once for evaluation)
-    "sample_token": 0.016,  # one generated token of a batched reference sample
-    "train_token": 0.026,  # one pair-token of a training step (chosen + rejected, policy + reference)
-    "heldout_token": 0.009,  # one pair-token of a held-out evaluation (no gradient)
-    "eval_token": 0.030,  # one generated token of an evaluation sample, scored under policy and reference
+    "sample_token": 0.029,  # one generated token of a batched reference sample
+    "train_token": 0.036,  # one pair-token of a training step (chosen + rejected, policy + reference)
+    "heldout_token": 0.012,  # one pair-token of a held-out evaluation (no gradient)
+    "eval_token": 0.043,  # one generated token of an evaluation sample, scored under policy and reference
 }
 
 
@@ -115,12 +115,12 @@ class HHConfig(_Common):
 
 QUICK = DemoConfig(
     seeds=(0,),
-    n_train_prompts=40,
-    n_eval_prompts=12,
+    n_train_prompts=32,
+    n_eval_prompts=8,
     gen_max_tokens=20,
     gen_batch_size=160,
     tdpo2_alphas=(0.5,),
-    iters=12,
+    iters=9,
     lr=1.5e-4,
     warmup_steps=2,
     steps_per_report=1,
@@ -129,22 +129,22 @@ QUICK = DemoConfig(
     eval_max_tokens=20,
 )
 FULL = DemoConfig(
-    n_train_prompts=120, n_eval_prompts=20, gen_max_tokens=20, iters=20, lr=1.5e-4, eval_points=5, eval_max_tokens=20
+    n_train_prompts=100, n_eval_prompts=12, gen_max_tokens=20, iters=15, lr=1.5e-4, eval_points=5, eval_max_tokens=20
 )
 HH_QUICK = HHConfig(
     seeds=(0,),
-    n_train_pairs=16,
-    n_heldout_pairs=24,
-    n_eval_prompts=12,
-    iters=8,
+    n_train_pairs=12,
+    n_heldout_pairs=16,
+    n_eval_prompts=8,
+    iters=6,
     warmup_steps=2,
-    max_length=128,
+    max_length=112,
     max_prompt_length=64,
     steps_per_report=1,
     eval_max_tokens=32,
 )
 HH_FULL = HHConfig(
-    n_train_pairs=48, n_heldout_pairs=64, n_eval_prompts=32, iters=24, max_length=160, max_prompt_length=80
+    n_train_pairs=32, n_heldout_pairs=48, n_eval_prompts=24, iters=16, max_length=128, max_prompt_length=64
 )
 
 
