@@ -347,13 +347,7 @@ def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, tr
         optimizer=build_optimizer(config, total),
         batches=batches,
         eval_batches=eval_batches,
-        loss_kw=dict(
-            loss_type=config.loss,
-            beta=config.beta,
-            alpha=config.alpha,
-            reference_model=reference,
-            average_log_prob=config.average_log_prob,
-        ),
+        loss_kw=_loss_options(config, reference),
         out_dir=out_dir,
         adapter_config=_adapter_config(config, model),
         total_steps=total,
@@ -371,6 +365,17 @@ def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, tr
         f"({batches.batches_per_epoch} batches/epoch)"
     )
     return run
+
+
+def _loss_options(config: TrainConfig, reference) -> dict:
+    """The keywords of :func:`batch_loss` a run uses for every batch."""
+    return dict(
+        loss_type=config.loss,
+        beta=config.beta,
+        alpha=config.alpha,
+        reference_model=reference,
+        average_log_prob=config.average_log_prob,
+    )
 
 
 def _quiet(message: str) -> None:
