@@ -154,5 +154,8 @@ def run(args) -> int:
         return 130
     keys = ("eval_loss", "eval_rewards/accuracies", "eval_kl/chosen", "eval_kl/rejected")
     summary = ", ".join(f"{k} {result[k]:.4f}" for k in keys if k in result)
-    print(f"done: {result['step']} steps; adapters in {result['adapter_path']}" + (f"; {summary}" if summary else ""))
+    if main:
+        print(
+            f"done: {result['step']} steps; adapters in {result['adapter_path']}" + (f"; {summary}" if summary else "")
+        )
     return 0
