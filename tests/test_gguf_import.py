@@ -21,6 +21,8 @@ from gguf.quants import dequantize, quantize  # noqa: E402
 from support.no_torch import SITECUSTOMIZE as _HIDE_TORCH  # noqa: E402
 from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
 
+from tdpo_mlx.atomic import write_json  # noqa: E402
+from tdpo_mlx.gguf import arch, reader, tokenizer  # noqa: E402
 from tdpo_mlx.gguf import importer as gi  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
@@ -238,15 +240,15 @@ def test_unpermute_inverts_llamacpp_permute(n_head, rows, cols):
     w = np.arange(rows * cols, dtype=np.float32).reshape(rows, cols)
     p = llamacpp_permute(w, n_head)
     assert not np.array_equal(p, w)  # the permutation moves rows
-    np.testing.assert_array_equal(gi.unpermute_qk(p, n_head), w)
-    np.testing.assert_array_equal(gi.permute_qk(w, n_head), p)
+    np.testing.assert_array_equal(arch.unpermute_qk(p, n_head), w)
+    np.testing.assert_array_equal(arch.permute_qk(w, n_head), p)
 
 
 def test_permute_hand_example():
     # one head of dim 4: HF rows [r0 r1 | r2 r3] (rotate-half pairs r0-r2, r1-r3) -> llama.cpp [r0 r2 r1 r3]
     w = np.array([[0.0], [1.0], [2.0], [3.0]])
     np.testing.assert_array_equal(llamacpp_permute(w, 1)[:, 0], [0, 2, 1, 3])
-    np.testing.assert_array_equal(gi.unpermute_qk(np.array([[0.0], [2.0], [1.0], [3.0]]), 1)[:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(arch.unpermute_qk(np.array([[0.0], [2.0], [1.0], [3.0]]), 1)[:, 0], [0, 1, 2, 3])
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +304,7 @@ def test_llama_quantized_types_roundtrip(tmp_path):
     types = {"self_attn": Q.Q8_0, "mlp": Q.Q4_0, "default": Q.F16}
     src = tmp_path / "tiny-llama-q.gguf"
     write_llama_like(src, "llama", hf, types)
-    g = gi.read_gguf(src)
+    g = reader.read_gguf(src)
     assert {t.tensor_type for t in g.tensors.values()} == {Q.Q8_0, Q.Q4_0, Q.F16, Q.F32}
 
     got = loaded_weights(gi.import_gguf(src, tmp_path / "out"))
@@ -436,7 +438,7 @@ def test_unsupported_architecture_names_supported_ones(tmp_path):
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
     finish(w)
-    with pytest.raises(gi.GGUFImportError, match=r"'phi2'.*gemma3, llama, qwen2"):
+    with pytest.raises(reader.GGUFImportError, match=r"'phi2'.*gemma3, llama, qwen2"):
         gi.import_gguf(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -446,7 +448,7 @@ def test_bad_inputs(tmp_path):
         gi.import_gguf(tmp_path / "missing.gguf", tmp_path / "out")
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"NOPE" + b"\0" * 64)
-    with pytest.raises(gi.GGUFImportError, match="not a GGUF file"):
+    with pytest.raises(reader.GGUFImportError, match="not a GGUF file"):
         gi.import_gguf(junk, tmp_path / "out")
     with pytest.raises(ValueError, match="dtype"):
         gi.import_gguf(junk, tmp_path / "out", dtype="int8")
@@ -504,7 +506,7 @@ def _tokenizer_from(tmp_path, write):
     finish(w)
     out = tmp_path / "tok"
     out.mkdir()
-    gi.save_tokenizer(gi.read_gguf(src), out)
+    tokenizer.save_tokenizer(reader.read_gguf(src), out)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(out))
@@ -584,7 +586,7 @@ def test_gemma_style_tokenizer_no_prefix_and_space_tokens(tmp_path):
     finish(w)
     out = tmp_path / "gtok"
     out.mkdir()
-    gi.save_tokenizer(gi.read_gguf(src), out)
+    tokenizer.save_tokenizer(reader.read_gguf(src), out)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(out))
@@ -609,7 +611,7 @@ def test_resolve_model_path_reuses_complete_import(tmp_path, monkeypatch):
     def fake_import(source, out, dtype="float32", quantize=None, **kw):
         calls.append(source)
         out.mkdir(parents=True)
-        gi.write_json(out / gi.MARKER_FILE, {"importer_version": gi.IMPORTER_VERSION})
+        write_json(out / gi.MARKER_FILE, {"importer_version": gi.IMPORTER_VERSION})
         return out
 
     monkeypatch.setattr(gi, "import_gguf", fake_import)
@@ -670,8 +672,8 @@ def test_llama3_rope_freqs_become_llama3_rope_scaling(tmp_path):
     for name, arr in hf.items():
         add_tensor(w, gguf_name(name), arr, Q.F16)
     finish(w)
-    g = gi.read_gguf(src)
-    cfg = gi.model_config(g)
+    g = reader.read_gguf(src)
+    cfg = arch.model_config(g)
     assert cfg["rope_scaling"] == {
         "rope_type": "llama3",
         "factor": 32.0,
@@ -680,7 +682,7 @@ def test_llama3_rope_freqs_become_llama3_rope_scaling(tmp_path):
         "original_max_position_embeddings": 8192,
     }
     assert cfg["rope_theta"] == base
-    assert "rope_freqs.weight" not in dict(gi.iter_weights(g, cfg))
+    assert "rope_freqs.weight" not in dict(arch.iter_weights(g, cfg))
 
 
 def test_unknown_rope_freqs_is_an_error(tmp_path):
@@ -694,7 +696,7 @@ def test_unknown_rope_freqs_is_an_error(tmp_path):
     for name, arr in hf.items():
         add_tensor(w, gguf_name(name), arr, Q.F16)
     finish(w)
-    with pytest.raises(gi.GGUFImportError, match="rope_freqs"):
+    with pytest.raises(reader.GGUFImportError, match="rope_freqs"):
         gi.import_gguf(src, tmp_path / "out")
 
 
@@ -757,7 +759,7 @@ def test_tokenizer_parity_with_transformers_gguf_builders(tmp_path, kind):
     rng = np.random.default_rng(10)
     arch = "llama" if kind == "sp" else "qwen2"
     write_llama_like(src, arch, random_llama_hf(rng, 8), {"default": Q.F16}, tokenizer=kind, permute=False)
-    g = gi.read_gguf(src)
+    g = reader.read_gguf(src)
     md = g.metadata
     d = {
         "tokenizer_type": md["tokenizer.ggml.model"],
@@ -770,7 +772,7 @@ def test_tokenizer_parity_with_transformers_gguf_builders(tmp_path, kind):
     else:
         d["merges"] = md["tokenizer.ggml.merges"]
     ref, _ = mapping.convert_gguf_tokenizer(arch, d)
-    ours, _ = gi.build_tokenizer(g)
+    ours, _ = tokenizer.build_tokenizer(g)
     for s in PARITY_TEXTS:
         if kind == "sp" and s.startswith(" "):
             # llama.cpp (and sentencepiece's add_dummy_prefix) always prepend "▁": " lead" -> "▁▁lead";

@@ -29,10 +29,11 @@ def both_models(gemma_dir):
     import mlx_lm
 
     from tdpo_mlx.gguf import importer as gi
+    from tdpo_mlx.gguf.sources import named_gguf_path
 
     gguf_file = pathlib.Path(json.loads((pathlib.Path(gemma_dir) / gi.MARKER_FILE).read_text())["gguf_file"])
     if not gguf_file.exists():
-        gguf_file = gi.named_gguf_path("gemma3-270m")
+        gguf_file = named_gguf_path("gemma3-270m")
     try:
         ref = transformers.AutoModelForCausalLM.from_pretrained(
             str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32

@@ -1,0 +1,216 @@
+"""Rebuild a model's tokenizer (``tokenizers`` + ``transformers``) from GGUF metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from ..atomic import write_json
+from .reader import GGUFContents, GGUFImportError
+
+# ggml token types (llama.cpp llama_token_type / gguf.TokenType)
+_TOKEN_NORMAL, _TOKEN_UNKNOWN, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED, _TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+
+def _generate_merges(tokens: list[str], rank: dict[str, float], vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """BPE merges implied by a SentencePiece-BPE vocabulary (the GGUF stores none).
+
+    A merge (l, r) exists for every vocabulary token t = l + r whose two halves are tokens;
+    merges are ordered by the rank of t (best first), ties by the halves' lengths, as
+    ``transformers.tokenization_utils_base.generate_merges`` and sentencepiece do."""
+    merges = []
+    for tok in tokens:
+        if len(tok) < 2:
+            continue
+        r = rank[tok]
+        local = []
+        for i in range(1, len(tok)):
+            left, right = tok[:i], tok[i:]
+            if left in vocab and right in vocab:
+                local.append((left, right))
+        local.sort(key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
+        merges.extend((r, len(lft), len(rgt), lft, rgt) for lft, rgt in local)
+    merges.sort(key=lambda m: (m[0], m[1], m[2]))
+    return [(m[3], m[4]) for m in merges]
+
+
+# llama.cpp pre-tokenizer names -> split regex (llama.cpp src/llama-vocab.cpp)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_PRE_TOKENIZER_SPLITS = {
+    "qwen2": _QWEN2_SPLIT,
+    "deepseek-r1-qwen": _QWEN2_SPLIT,
+    "llama3": _LLAMA3_SPLIT,
+    "llama-bpe": _LLAMA3_SPLIT,
+    "smaug-bpe": _LLAMA3_SPLIT,
+    "gpt-2": _GPT2_SPLIT,
+    "default": _GPT2_SPLIT,
+}
+
+
+def _special_tokens(tokens: list[str], types: list[int]) -> tuple[list[int], list[int]]:
+    control = [i for i, t in enumerate(types) if t == _TOKEN_CONTROL]
+    user = [i for i, t in enumerate(types) if t == _TOKEN_USER_DEFINED]
+    return control, user
+
+
+def build_tokenizer(g: GGUFContents):
+    """Rebuild the model's tokenizer as a ``tokenizers.Tokenizer`` from GGUF metadata.
+
+    ``tokenizer.ggml.model`` = ``llama`` (SentencePiece BPE with byte fallback: llama, gemma) or
+    ``gpt2`` (byte-level BPE: qwen2, llama 3). BOS is prepended by the post-processor when
+    ``tokenizer.ggml.add_bos_token`` says so. Control tokens become special added tokens,
+    user-defined ones plain added tokens, so both stay whole.
+
+    Returns ``(tokenizer, info)`` where ``info`` has the special token strings
+    (bos/eos/unk/pad), ``add_bos``, ``add_eos`` and ``chat_template`` (or None).
+    Raises GGUFImportError for other tokenizer models.
+    """
+    md = g.metadata
+    kind = md.get("tokenizer.ggml.model")
+    tokens: list[str] = md.get("tokenizer.ggml.tokens") or []
+    if not tokens:
+        raise GGUFImportError(f"{g.path}: no tokenizer.ggml.tokens in the metadata; the file carries no tokenizer")
+    types: list[int] = md.get("tokenizer.ggml.token_type") or [_TOKEN_NORMAL] * len(tokens)
+    arch = g.architecture
+    raw_tokens = tokens
+
+    def tok_at(key: str) -> str | None:
+        i = md.get(f"tokenizer.ggml.{key}")
+        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+    if kind == "llama":
+        is_gemma = arch.startswith("gemma")
+        if is_gemma:
+            # Gemma files spell tokens of 2+ spaces with real spaces; the BPE sees "▁" (transformers'
+            # gguf gemma_tokenizer does the same respelling).
+            tokens = ["\u2581" * len(t) if (" " in t and not t.strip(" ")) else t for t in tokens]
+        vocab = {}
+        for i, t in enumerate(tokens):
+            vocab.setdefault(t, i)
+        if is_gemma:  # Gemma's scores do not follow merge order; file order does
+            rank = {t: i for t, i in vocab.items()}
+        else:
+            scores = md.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+            rank = {t: -float(scores[i]) for t, i in vocab.items()}
+        mergeable = [t for t, i in vocab.items() if types[i] in (_TOKEN_NORMAL, _TOKEN_USER_DEFINED)]
+        merges = _generate_merges(mergeable, rank, vocab)
+        unk = tok_at("unknown_token_id") or "<unk>"
+        tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+        add_prefix = md.get("tokenizer.ggml.add_space_prefix", not is_gemma)
+        if add_prefix:
+            tk.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+            tk.decoder = decoders.Sequence(
+                [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+            )
+        else:
+            tk.normalizer = normalizers.Replace(" ", "\u2581")
+            tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    elif kind == "gpt2":
+        spelling = bytes_to_unicode()
+        alphabet = set(spelling.values())
+        vocab = {}
+        for i, t in enumerate(tokens):
+            if types[i] in (_TOKEN_NORMAL, _TOKEN_BYTE, _TOKEN_UNKNOWN) and not set(t) <= alphabet:
+                t = "".join(spelling[b] for b in t.encode("utf-8"))
+            vocab.setdefault(t, i)
+        raw_merges = md.get("tokenizer.ggml.merges")
+        if not raw_merges:
+            raise GGUFImportError(f"{g.path}: byte-level BPE vocabulary without tokenizer.ggml.merges")
+        merges = [tuple(m.split(" ", 1)) for m in raw_merges]
+        tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+        pre = md.get("tokenizer.ggml.pre", "default")
+        split = _PRE_TOKENIZER_SPLITS.get(pre)
+        if split is None:
+            warnings.warn(
+                f"{g.path}: pre-tokenizer {pre!r} is not known here (known: {sorted(_PRE_TOKENIZER_SPLITS)}); "
+                "splitting text with GPT-2's regex, token ids may differ from llama.cpp's",
+                stacklevel=2,
+            )
+            split = _GPT2_SPLIT
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        tk.decoder = decoders.ByteLevel()
+    else:
+        raise GGUFImportError(
+            f"{g.path}: tokenizer model {kind!r} is not supported (supported: 'llama' SentencePiece BPE, 'gpt2' byte-level BPE)"
+        )
+
+    control, user = _special_tokens(tokens, types)
+    if kind == "gpt2":
+        control = [i for i in control if tokens[i] in vocab]
+    tk.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in control])
+    # user-defined tokens stay whole in raw text (e.g. "\n\n"); ones respelled above are BPE pieces
+    user_tokens = [tokens[i] for i in user if tokens[i] == raw_tokens[i]]
+    if user_tokens:
+        tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in user_tokens])
+
+    bos, eos = tok_at("bos_token_id"), tok_at("eos_token_id")
+    add_bos = bool(md.get("tokenizer.ggml.add_bos_token", kind == "llama"))
+    add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False))
+    specials: dict[str, int] = {}
+    prefix: list[str] = []
+    suffix: list[str] = []
+    if add_bos and bos is not None:
+        prefix.append(bos)
+        specials[bos] = int(md["tokenizer.ggml.bos_token_id"])
+    if add_eos and eos is not None:
+        suffix.append(eos)
+        specials[eos] = int(md["tokenizer.ggml.eos_token_id"])
+    if specials:
+
+        def seq(piece: str, type_id: int) -> list[str]:
+            return [f"{t}:{type_id}" for t in prefix] + [f"{piece}:{type_id}"] + [f"{t}:{type_id}" for t in suffix]
+
+        tk.post_processor = processors.TemplateProcessing(
+            single=" ".join(seq("$A", 0)),
+            pair=" ".join(seq("$A", 0) + seq("$B", 1)),
+            special_tokens=list(specials.items()),
+        )
+    elif kind == "gpt2":
+        tk.post_processor = processors.ByteLevel(trim_offsets=False)
+
+    pad = tok_at("padding_token_id")
+    info = {
+        "bos_token": bos,
+        "eos_token": eos,
+        "unk_token": tok_at("unknown_token_id"),
+        "pad_token": pad if pad is not None else eos,
+        "add_bos": add_bos,
+        "add_eos": add_eos,
+        "chat_template": md.get("tokenizer.chat_template"),
+    }
+    return tk, info
+
+
+def save_tokenizer(g: GGUFContents, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write ``tokenizer.json``/``tokenizer_config.json``/``special_tokens_map.json`` into ``out_dir``
+    so that ``transformers.AutoTokenizer.from_pretrained(out_dir)`` and ``mlx_lm.load`` work.
+    Returns the ``info`` dict of :func:`build_tokenizer`."""
+    tk, info = build_tokenizer(g)
+    kwargs = {k: info[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if info[k] is not None}
+    if info["chat_template"]:
+        kwargs["chat_template"] = info["chat_template"]
+    hf = PreTrainedTokenizerFast(tokenizer_object=tk, clean_up_tokenization_spaces=False, **kwargs)
+    hf.save_pretrained(str(out_dir))
+    # the post-processor above already adds BOS/EOS; record the flags for readers of the config
+    cfg_path = Path(out_dir) / "tokenizer_config.json"
+    tcfg = json.loads(cfg_path.read_text())
+    tcfg.update({"add_bos_token": info["add_bos"], "add_eos_token": info["add_eos"]})
+    tcfg.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    write_json(cfg_path, tcfg)
+    return info
