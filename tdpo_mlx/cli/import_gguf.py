@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "Dequantize a GGUF model and write an mlx-lm model directory (config.json, model.safetensors, "
             f"tokenizer files). Architectures: {', '.join(SUPPORTED_ARCHITECTURES)}. "
-            f"Named sources: {', '.join(f'{k} ({v[1]})' for k, v in NAMED_SOURCES.items())}."
+            f"Named sources: {', '.join(f'{k} ({v.description})' for k, v in NAMED_SOURCES.items())}."
         ),
         formatter_class=HelpFormatter,
     )

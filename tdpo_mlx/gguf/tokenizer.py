@@ -41,20 +41,26 @@ def _generate_merges(tokens: list[str], rank: dict[str, float], vocab: dict[str,
     return [(m[3], m[4]) for m in merges]
 
 
-# llama.cpp pre-tokenizer names -> split regex (llama.cpp src/llama-vocab.cpp)
+# llama.cpp pre-tokenizer names -> the split regexes it applies one after the other
+# (llama.cpp src/llama-vocab.cpp, llm_tokenizer_bpe: each regex splits the pieces of the previous one)
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_DIGITS_SPLIT = r"\p{N}"  # every digit its own piece (StarCoder-style vocabularies, SmolLM)
 _PRE_TOKENIZER_SPLITS = {
-    "qwen2": _QWEN2_SPLIT,
-    "deepseek-r1-qwen": _QWEN2_SPLIT,
-    "llama3": _LLAMA3_SPLIT,
-    "llama-bpe": _LLAMA3_SPLIT,
-    "smaug-bpe": _LLAMA3_SPLIT,
-    "gpt-2": _GPT2_SPLIT,
-    "default": _GPT2_SPLIT,
+    "qwen2": (_QWEN2_SPLIT,),
+    "deepseek-r1-qwen": (_QWEN2_SPLIT,),
+    "llama3": (_LLAMA3_SPLIT,),
+    "llama-bpe": (_LLAMA3_SPLIT,),
+    "smaug-bpe": (_LLAMA3_SPLIT,),
+    "gpt-2": (_GPT2_SPLIT,),
+    "default": (_GPT2_SPLIT,),
+    "smollm": (_DIGITS_SPLIT, _GPT2_SPLIT),
+    "starcoder": (_DIGITS_SPLIT, _GPT2_SPLIT),
+    "refact": (_DIGITS_SPLIT, _GPT2_SPLIT),
+    "codeshell": (_DIGITS_SPLIT, _GPT2_SPLIT),
 }
 
 
@@ -130,17 +136,17 @@ def build_tokenizer(g: GGUFContents):
         merges = [tuple(m.split(" ", 1)) for m in raw_merges]
         tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
         pre = md.get("tokenizer.ggml.pre", "default")
-        split = _PRE_TOKENIZER_SPLITS.get(pre)
-        if split is None:
+        splits = _PRE_TOKENIZER_SPLITS.get(pre)
+        if splits is None:
             warnings.warn(
                 f"{g.path}: pre-tokenizer {pre!r} is not known here (known: {sorted(_PRE_TOKENIZER_SPLITS)}); "
                 "splitting text with GPT-2's regex, token ids may differ from llama.cpp's",
                 stacklevel=2,
             )
-            split = _GPT2_SPLIT
+            splits = (_GPT2_SPLIT,)
         tk.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                *(pre_tokenizers.Split(Regex(r), behavior="isolated") for r in splits),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
