@@ -146,6 +146,27 @@ def _decode_batch(model, prompts: list[list[int]], max_tokens: int, eos: list[in
     return [(tokens[u], reason[u]) for u in uids]
 
 
+def chat_prompts(tokenizer, prompts: Sequence[str], system: str | None = None) -> list[str]:
+    """Each prompt as one user turn (after an optional ``system`` message) rendered with the
+    tokenizer's chat template, the assistant header appended (``add_generation_prompt``).
+
+    A BOS the template writes is dropped when the tokenizer's own ``encode`` adds one (Gemma), so
+    the encoded prompt holds BOS once. Raises UserError (a ValueError) when the tokenizer has no
+    chat template.
+    """
+    tok = tokenizer  # a transformers tokenizer, or mlx-lm's TokenizerWrapper (forwards these attributes)
+    if not getattr(tok, "chat_template", None):
+        raise UserError("--chat needs a chat template, but the model's tokenizer has none (a base model?)")
+    bos = tok.bos_token
+    adds_bos = bos is not None and list(tok.encode("a"))[:1] == [tok.bos_token_id]
+    out = []
+    for p in prompts:
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        out.append(text[len(bos) :] if adds_bos and text.startswith(bos) else text)
+    return out
+
+
 def read_prompts(path) -> list[str]:
     """Prompts from a file: ``.jsonl``/``.json`` lines with a ``prompt`` string, else one per line.
 

@@ -52,7 +52,7 @@ def run(args) -> int:
         load_model,
         markdown_table,
     )
-    from ..generation import read_prompts
+    from ..generation import chat_prompts, read_prompts
     from ..rewards import load_reward
 
     check_model(args.model)
@@ -62,6 +62,8 @@ def run(args) -> int:
     reward_fn = load_reward(args.reward)
     prompts = read_prompts(args.prompts)
     model, tokenizer = load_model(args.model, args.adapter_path)
+    if args.chat:
+        prompts = chat_prompts(tokenizer, prompts, args.system)
     name = pathlib.Path(args.adapter_path).name if args.adapter_path else "policy"
     res = evaluate(
         model,
@@ -92,6 +94,7 @@ def run(args) -> int:
             "temp",
             "top_p",
             "seed",
+            "chat",
         )
     }
     write_text(

@@ -1,4 +1,4 @@
-"""``tdpo-mlx export``: adapters -> PEFT adapter, fused Hugging Face model or fused MLX model."""
+"""``tdpo-mlx export``: adapters -> PEFT adapter, or a fused Hugging Face, MLX or GGUF model."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from .common import HelpFormatter, check_adapter_path, check_model, check_output
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export",
-        help="export an adapter to PEFT, or a fused model to Hugging Face / MLX (torch-free)",
+        help="export an adapter to PEFT, or a fused model to Hugging Face / MLX / GGUF (torch-free)",
         description=(
             "Export an mlx-lm adapter as a PEFT adapter (--to peft), or fuse it in float32 into the "
-            "dequantized base and save a transformers model (--to hf) or an mlx-lm model (--to mlx, "
-            "optionally re-quantized). Every export gets a model card (README.md)."
+            "dequantized base and save a transformers model (--to hf), an mlx-lm model (--to mlx, "
+            "optionally re-quantized) or one llama.cpp GGUF file (--to gguf: gemma3/llama/qwen2 bases "
+            "imported from GGUF). Every export gets a model card (README.md)."
         ),
         formatter_class=HelpFormatter,
         epilog="examples:\n"
@@ -25,7 +26,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="mlx-lm base model directory (or named source, e.g. gemma3-270m)")
     p.add_argument("--adapter-path", default=None, help="mlx-lm adapter directory (required for --to peft)")
-    p.add_argument("--to", required=True, choices=["peft", "hf", "mlx"], help="export format")
+    p.add_argument("--to", required=True, choices=["peft", "hf", "mlx", "gguf"], help="export format")
+    p.add_argument(
+        "--gguf-type",
+        choices=["f32", "f16", "q8_0"],
+        default="f16",
+        help="weight type of a --to gguf export (norms and biases stay f32)",
+    )
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument(
         "--dtype",
@@ -78,6 +85,7 @@ def run(args) -> int:
             push_to_hub=args.push_to_hub,
             private=args.private,
             overwrite=args.overwrite,
+            gguf_type=args.gguf_type,
         )
     for w in result.warnings[:10]:
         print(f"warning: {w}", file=sys.stderr)

@@ -18,7 +18,13 @@ from .common import (
 
 
 def add_sampling_options(p, *, max_tokens: int, batch_size: int) -> None:
-    """Sampling options shared by ``generate`` and ``eval`` (mlx-lm's sampler settings)."""
+    """Sampling options shared by ``generate`` and ``eval`` (mlx-lm's sampler settings, chat)."""
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="send each prompt as a user turn through the model's chat template (instruct models)",
+    )
+    p.add_argument("--system", default=None, help="system message before each prompt (with --chat)")
     p.add_argument("--max-tokens", type=positive_int, default=max_tokens, help="maximum new tokens per sample")
     p.add_argument("--temp", type=non_negative_float, default=1.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling mass (1 = off)")
@@ -31,10 +37,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "generate",
         help="sample completions from a model (+ adapters)",
         description="Sample completions for one prompt or a file of prompts (one per line, or JSON\n"
-        "lines with a 'prompt' field), batched with mlx-lm. Prompts are fed as raw text.",
+        "lines with a 'prompt' field), batched with mlx-lm. Prompts are fed as raw text, or with --chat\n"
+        "as user turns through the model's chat template.",
         epilog="examples:\n"
         '  tdpo-mlx generate --model gemma3-270m --prompt "The movie was"\n'
-        "  tdpo-mlx generate --model gemma3-270m --adapter-path runs/tdpo2 --prompt-file prompts.txt --num-samples 4",
+        "  tdpo-mlx generate --model gemma3-270m --adapter-path runs/tdpo2 --prompt-file prompts.txt --num-samples 4\n"
+        '  tdpo-mlx generate --model smollm2-135m-instruct --chat --prompt "What is the capital of France?"',
         formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="gemma3-270m", help="mlx-lm model dir, hub id, or 'gemma3-270m'")
@@ -51,7 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..evaluation import load_model
-    from ..generation import generate_samples, read_prompts
+    from ..generation import chat_prompts, generate_samples, read_prompts
 
     check_model(args.model)
     check_adapter_path(args.adapter_path)
@@ -59,6 +67,8 @@ def run(args) -> int:
         check_prompts_file(args.prompt_file, "--prompt-file")
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompt_file)
     model, tokenizer = load_model(args.model, args.adapter_path)
+    if args.chat:
+        prompts = chat_prompts(tokenizer, prompts, args.system)
     samples = generate_samples(
         model,
         tokenizer,

@@ -107,7 +107,7 @@ def model_card(kind: str, info: dict, base_model: str | None, notes: list[str] |
     """``README.md`` text for an export.
 
     Args:
-        kind: ``peft``, ``hf`` or ``mlx``.
+        kind: ``peft``, ``hf``, ``mlx`` or ``gguf``.
         info: :func:`training_info` of the adapter.
         base_model: the Hugging Face id/path of the unquantized base, when known.
         notes: extra lines (e.g. precision warnings) listed under "Export notes".
@@ -116,6 +116,7 @@ def model_card(kind: str, info: dict, base_model: str | None, notes: list[str] |
         "peft": "A PEFT LoRA adapter",
         "hf": "A merged (adapter fused in float32, dequantized) transformers model",
         "mlx": "A merged MLX model for mlx-lm",
+        "gguf": "A merged GGUF model for llama.cpp / Ollama / LM Studio",
     }[kind]
     lines = [f"---\n{_front_matter(kind, info, base_model)}\n---", "", f"# {what} trained with tdpo-mlx", ""]
     lines.append(
@@ -136,14 +137,14 @@ def model_card(kind: str, info: dict, base_model: str | None, notes: list[str] |
 
 def _front_matter(kind: str, info: dict, base_model: str | None) -> str:
     """The card's YAML header: library, pipeline, base model (hub ids only), tags."""
-    meta: dict = {"library_name": {"peft": "peft", "hf": "transformers", "mlx": "mlx"}[kind]}
+    meta: dict = {"library_name": {"peft": "peft", "hf": "transformers", "mlx": "mlx", "gguf": "gguf"}[kind]}
     meta["pipeline_tag"] = "text-generation"
     if is_hub_id(base_model):  # the Hub only accepts repository ids here
         meta["base_model"] = base_model
     tags = ["tdpo-mlx", "mlx"]
     if info.get("method"):
         tags.append(str(info["method"]).lower())
-    tags.append({"peft": "lora", "hf": "merged", "mlx": "merged"}[kind])
+    tags.append({"peft": "lora", "hf": "merged", "mlx": "merged", "gguf": "merged"}[kind])
     meta["tags"] = tags
     return yaml.safe_dump(meta, sort_keys=False).strip()
 
@@ -185,4 +186,6 @@ def _usage(kind: str, name: str) -> list[str]:
             'model = AutoModelForCausalLM.from_pretrained("THIS_REPO")',
             "```",
         ]
+    if kind == "gguf":
+        return ["```bash", 'llama-cli -m model.gguf -p "Hello"', "```"]
     return ["```bash", 'mlx_lm.generate --model THIS_REPO --prompt "Hello"', "```"]

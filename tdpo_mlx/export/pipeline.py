@@ -6,7 +6,9 @@
   (:mod:`tdpo_mlx.export.peft`);
 * ``to="hf"``: the adapter fused in float32 into the dequantized base, saved in the requested
   dtype in transformers layout (:mod:`tdpo_mlx.export.fuse`, :mod:`tdpo_mlx.export.hf`);
-* ``to="mlx"``: the same fused model as an mlx-lm directory, optionally re-quantized.
+* ``to="mlx"``: the same fused model as an mlx-lm directory, optionally re-quantized;
+* ``to="gguf"``: the same fused model as one llama.cpp GGUF file (f32, f16 or q8_0), for
+  gemma3/llama/qwen2 bases imported from GGUF (:mod:`tdpo_mlx.export.gguf`).
 
 Every export also gets a model card (``README.md``, :mod:`tdpo_mlx.export.card`). The export is
 assembled in a temporary directory beside ``out`` and renamed into place only when complete.
@@ -41,11 +43,12 @@ from .fuse import (
     rounding_losses,
     warn_losses,
 )
-from .hf import write_hf, write_mlx
+from .gguf import GGUF_FILE, GGUF_TYPES, gguf_architecture, source_gguf, write_gguf
+from .hf import hf_weights, write_hf, write_mlx
 from .names import check_supported
 from .peft import write_peft
 
-TARGETS = ("peft", "hf", "mlx")
+TARGETS = ("peft", "hf", "mlx", "gguf")
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
@@ -169,7 +172,7 @@ def fuse_for_export(model, dtype, quantize: int | None = None, group_size: int =
     return model, quantization, messages
 
 
-def _check_options(to: str, adapter_path, quantize: int | None) -> None:
+def _check_options(to: str, adapter_path, quantize: int | None, dtype: str | None, gguf_type: str) -> None:
     """Refuse option combinations that cannot be exported (one line naming the option)."""
     if to not in TARGETS:
         raise UserError(f"--to {to!r}: choose one of {', '.join(TARGETS)}")
@@ -179,6 +182,10 @@ def _check_options(to: str, adapter_path, quantize: int | None) -> None:
         raise UserError("--quantize applies to --to mlx only (Hugging Face exports are dequantized)")
     if quantize is not None and quantize not in (2, 3, 4, 5, 6, 8):
         raise UserError(f"--quantize {quantize}: choose 2, 3, 4, 5, 6 or 8 bits (mlx-lm affine)")
+    if gguf_type not in GGUF_TYPES:
+        raise UserError(f"--gguf-type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}")
+    if to == "gguf" and dtype is not None:
+        raise UserError("--to gguf takes --gguf-type (f32, f16, q8_0) instead of --dtype")
 
 
 def export(
@@ -195,6 +202,7 @@ def export(
     push_to_hub: str | None = None,
     private: bool = False,
     overwrite: bool = False,
+    gguf_type: str = "f16",
 ) -> ExportResult:
     """Export an mlx-lm base model plus adapter as a PEFT adapter, a fused HF model or a fused
     MLX model.
@@ -203,7 +211,7 @@ def export(
         model: mlx-lm model directory (or named source) the adapter was trained on.
         adapter_path: mlx-lm adapter directory; required for ``peft``, optional for ``hf``/``mlx``
             (without it the base itself is converted).
-        to: ``peft``, ``hf`` or ``mlx``.
+        to: ``peft``, ``hf``, ``mlx`` or ``gguf``.
         out: output directory (created; must be empty unless ``overwrite``).
         dtype: ``float32``, ``bfloat16`` or ``float16`` for the saved weights; default: the
             base's float dtype (PEFT: the adapter's dtype).
@@ -212,6 +220,7 @@ def export(
             and the card); default: recorded in the adapter/model config, else the model path.
         max_shard_size: weights above this size are split into shards plus an index.
         push_to_hub: repository id to upload the export to (huggingface_hub).
+        gguf_type: ``f32``, ``f16`` or ``q8_0`` for a ``gguf`` export.
 
     Returns:
         :class:`ExportResult`.
@@ -221,7 +230,7 @@ def export(
         UnsupportedExportError: no safe Hugging Face mapping for the architecture or adapter.
         FileNotFoundError: model or adapter directory incomplete; FileExistsError: ``out`` not empty.
     """
-    _check_options(to, adapter_path, quantize)
+    _check_options(to, adapter_path, quantize, dtype, gguf_type)
     want_dtype = _parse_dtype(dtype)
     max_bytes = parse_size(max_shard_size)
 
@@ -230,6 +239,9 @@ def export(
     model_type = raw_config.get("model_type")
     if to in ("peft", "hf"):
         check_supported(model_type)
+    if to == "gguf":
+        gguf_architecture(model_type)
+        source_gguf(model_dir)
 
     mlx_model, adapter_cfg = load_for_export(model_dir, adapter_path, lazy=(to == "peft"))
     info = cards.training_info(adapter_path)
@@ -244,6 +256,11 @@ def export(
         if to == "peft":
             files = write_peft(tmp, mlx_model, model_type, adapter_cfg, base_name, want_dtype)
             saved = dtype_name(want_dtype) if want_dtype is not None else None
+        elif to == "gguf":
+            mlx_model, _, lost = fuse_for_export(mlx_model, mx.float32)
+            issued += lost
+            write_gguf(tmp / GGUF_FILE, hf_weights(mlx_model, model_type), raw_config, model_dir, gguf_type)
+            files, saved = [GGUF_FILE], gguf_type
         else:
             dt = want_dtype or float_dtype_of(mlx_model)
             mlx_model, quantization, lost = fuse_for_export(mlx_model, dt, quantize, group_size)

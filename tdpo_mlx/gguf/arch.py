@@ -83,6 +83,22 @@ def hf_tensor_name(gguf_name: str, architecture: str) -> str:
     )
 
 
+def gguf_tensor_name(hf_name: str, architecture: str) -> str:
+    """Inverse of :func:`hf_tensor_name`: GGUF name of a Hugging Face tensor name
+    (``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight``).
+    Raises GGUFImportError for names without a GGUF counterpart."""
+    for g, h in _GLOBAL_NAMES.items():
+        if h == hf_name:
+            return g
+    table = _GEMMA3_LAYER_NAMES if architecture == "gemma3" else _LLAMA_LAYER_NAMES
+    m = re.match(r"^model\.layers\.(\d+)\.(.+)$", hf_name)
+    if m:
+        for g, h in table.items():
+            if h == m.group(2):
+                return f"blk.{m.group(1)}.{g}"
+    raise GGUFImportError(f"tensor {hf_name!r} has no GGUF counterpart for architecture {architecture!r}")
+
+
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's ``LlamaModel.permute`` (convert_hf_to_gguf.py): HF rotate-half row layout ->
     llama.cpp's interleaved pairs. ``w``: (n_head*head_dim, ...) rows; returns the same shape."""
@@ -226,7 +242,7 @@ def _llama_config(g: GGUFContents) -> dict[str, Any]:
     return cfg
 
 
-def _llama3_inv_freq_factors(
+def llama3_inv_freq_factors(
     head_dim: int, base: float, factor: float, low: float, high: float, orig: int
 ) -> np.ndarray:
     """Per-frequency divisors llama.cpp stores in ``rope_freqs.weight`` for Llama 3.x rope scaling
@@ -250,7 +266,7 @@ def _llama3_rope_scaling(g: GGUFContents, head_dim: int, base: float) -> dict[st
     stored = g.tensor("rope_freqs.weight").reshape(-1)
     # the published Llama 3.1/3.2 parameters; the file stores only their result
     for factor, orig in ((8.0, 8192), (32.0, 8192)):
-        want = _llama3_inv_freq_factors(head_dim, base, factor, 1.0, 4.0, orig)
+        want = llama3_inv_freq_factors(head_dim, base, factor, 1.0, 4.0, orig)
         if want.shape == stored.shape and np.allclose(want, stored, rtol=1e-3):
             return {
                 "rope_type": "llama3",
@@ -294,6 +310,18 @@ def _llama_transform(name: str, w: np.ndarray, cfg: dict) -> np.ndarray:
     return w
 
 
+def _gemma3_forward(name: str, w: np.ndarray, cfg: dict) -> np.ndarray:
+    return w + 1.0 if name.endswith("norm.weight") else w
+
+
+def _llama_forward(name: str, w: np.ndarray, cfg: dict) -> np.ndarray:
+    if name.endswith("attn_q.weight") or name.endswith("attn_q.bias"):
+        return permute_qk(w, cfg["num_attention_heads"])
+    if name.endswith("attn_k.weight") or name.endswith("attn_k.bias"):
+        return permute_qk(w, cfg["num_key_value_heads"])
+    return w
+
+
 def _identity(name: str, w: np.ndarray, cfg: dict) -> np.ndarray:
     return w
 
@@ -303,6 +331,21 @@ _ARCHS: dict[str, tuple[Callable[[GGUFContents], dict], Callable[[str, np.ndarra
     "llama": (_llama_config, _llama_transform),
     "qwen2": (_qwen2_config, _identity),
 }
+
+
+# the transforms convert_hf_to_gguf.py applies (Hugging Face -> GGUF), per architecture
+_FORWARD: dict[str, Callable[[str, np.ndarray, dict], np.ndarray]] = {
+    "gemma3": _gemma3_forward,
+    "llama": _llama_forward,
+    "qwen2": _identity,
+}
+
+
+def to_gguf_tensor(gguf_name: str, w: np.ndarray, architecture: str, cfg: dict) -> np.ndarray:
+    """Re-apply llama.cpp's conversion transform to a Hugging Face tensor (``w``: float32, HF
+    orientation) stored as ``gguf_name``: Gemma's norm ``+ 1``, llama's Q/K :func:`permute_qk`;
+    the inverse of what :func:`iter_weights` undoes. ``cfg``: the mlx-lm/HF config dict."""
+    return _FORWARD[architecture](gguf_name, w, cfg)
 
 
 def model_config(g: GGUFContents) -> dict[str, Any]:
