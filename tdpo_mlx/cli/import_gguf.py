@@ -32,10 +32,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quantize",
-        type=int,
-        choices=[4, 8],
+        choices=["4", "8", "gguf"],
         default=None,
-        help="quantize linear/embedding weights to this many bits with mlx-lm (affine, per group)",
+        help="quantize linear/embedding weights to 4 or 8 bits with mlx-lm (affine, per group); 'gguf' keeps "
+        "the file's own Q4_0/Q4_1/Q8_0 blocks as MLX quantized layers (group 32, no dequantize; other "
+        "quantized types are re-quantized by MLX, with a warning naming them): a QLoRA base as is",
     )
     p.add_argument(
         "--group-size", type=int, choices=[32, 64, 128], default=64, help="quantization group size (with --quantize)"
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         args.source,
         args.out,
         dtype=args.dtype,
-        quantize=args.quantize,
+        quantize=int(args.quantize) if args.quantize in ("4", "8") else args.quantize,
         group_size=args.group_size,
         overwrite=args.force,
     )

@@ -63,7 +63,7 @@ _GLOBAL_NAMES = {
 }
 
 # tensors llama.cpp derives at conversion time and that have no HF counterpart
-_DERIVED_TENSORS = {"rope_freqs.weight"}
+DERIVED_TENSORS = {"rope_freqs.weight"}
 
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 
@@ -341,6 +341,12 @@ _FORWARD: dict[str, Callable[[str, np.ndarray, dict], np.ndarray]] = {
 }
 
 
+def undo_transform(gguf_name: str, w: np.ndarray, architecture: str, cfg: dict) -> np.ndarray:
+    """Undo llama.cpp's conversion transform on one dequantized GGUF tensor (float32, HF
+    orientation): Gemma's norm ``- 1``, llama's Q/K :func:`unpermute_qk`."""
+    return _ARCHS[architecture][1](gguf_name, w, cfg)
+
+
 def to_gguf_tensor(gguf_name: str, w: np.ndarray, architecture: str, cfg: dict) -> np.ndarray:
     """Re-apply llama.cpp's conversion transform to a Hugging Face tensor (``w``: float32, HF
     orientation) stored as ``gguf_name``: Gemma's norm ``+ 1``, llama's Q/K :func:`permute_qk`;
@@ -362,6 +368,19 @@ def check_arch(g: GGUFContents) -> None:
         )
 
 
+def undo_row_transform(name: str, arrays: tuple[np.ndarray, ...], architecture: str, cfg: dict) -> tuple:
+    """Undo llama.cpp's conversion transform on a quantized tensor's arrays (packed codes,
+    scales, biases: one row per output feature). Only row permutations can be undone without
+    dequantizing, and llama's Q/K permutation is one (rows are quantized independently).
+
+    Raises GGUFImportError for a transform that changes values (Gemma's norm + 1)."""
+    if architecture == "gemma3" and name.endswith("norm.weight"):
+        raise GGUFImportError(f"{name}: a quantized Gemma norm cannot be shifted by -1 without dequantizing")
+    if architecture == "llama":
+        return tuple(_llama_transform(name, a, cfg) for a in arrays)
+    return arrays
+
+
 def iter_weights(g: GGUFContents, cfg: dict | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(hf_name, float32 array)`` for every model tensor, transforms undone.
 
@@ -370,7 +389,6 @@ def iter_weights(g: GGUFContents, cfg: dict | None = None) -> Iterator[tuple[str
     cfg = cfg or model_config(g)
     transform = _ARCHS[g.architecture][1]
     for name in g.tensors:
-        if name in _DERIVED_TENSORS:
+        if name in DERIVED_TENSORS:
             continue
-        hf = hf_tensor_name(name, g.architecture)
-        yield hf, transform(name, g.tensor(name), cfg)
+        yield hf_tensor_name(name, g.architecture), transform(name, g.tensor(name), cfg)

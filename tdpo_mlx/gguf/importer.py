@@ -5,8 +5,10 @@ A GGUF file (llama.cpp, Ollama, LM Studio) holds the weights, possibly block-qua
 metadata. :func:`import_gguf` turns one into a directory that ``mlx_lm.load`` opens:
 
 * ``config.json``       -- mlx-lm/Hugging Face config (``model_type`` gemma3_text, llama or qwen2);
-* ``model.safetensors`` -- dequantized weights under Hugging Face names (float32 by default), or
-  MLX-quantized ones with ``quantize=4|8``;
+* ``model.safetensors`` -- dequantized weights under Hugging Face names (float32 by default),
+  MLX-quantized ones with ``quantize=4|8``, or with ``quantize="gguf"`` the file's own Q4_0 /
+  Q4_1 / Q8_0 blocks kept as MLX affine-quantized layers (group size 32, never dequantized;
+  other quantized types dequantized and re-quantized by MLX, with a warning naming them);
 * ``tokenizer.json`` + ``tokenizer_config.json`` (+ ``special_tokens_map.json``) -- a
   ``tokenizers`` tokenizer rebuilt from the GGUF vocabulary (:mod:`.tokenizer`), loadable by
   ``transformers.AutoTokenizer``;
@@ -25,16 +27,26 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import mlx.core as mx
 from filelock import FileLock
+from gguf import GGMLQuantizationType as Q
 from mlx.utils import tree_flatten
 from mlx_lm.utils import load_model, quantize_model
 
 from ..atomic import atomic_directory, save_safetensors, write_json
 from ..errors import AlreadyExistsError, UserError
-from .arch import check_arch, iter_weights, model_config
+from .arch import (
+    DERIVED_TENSORS,
+    check_arch,
+    hf_tensor_name,
+    iter_weights,
+    model_config,
+    undo_row_transform,
+    undo_transform,
+)
 from .reader import GGUFContents, read_gguf
 from .sources import NAMED_SOURCES, cache_dir, gguf_file
 from .tokenizer import save_tokenizer
@@ -66,18 +78,88 @@ def _write_model_dir(g: GGUFContents, out: Path, dtype: str, quantize: int | Non
     cfg["torch_dtype"] = dtype
     mx_dtype = getattr(mx, dtype)
     weights = {}
-    for name, w in iter_weights(g, cfg):
-        weights[name] = mx.array(w).astype(mx_dtype)
-        mx.eval(weights[name])
+    if quantize == "gguf":
+        weights = native_quantized_weights(g, cfg, mx_dtype)
+        cfg["quantization"] = {"group_size": NATIVE_GROUP_SIZE, "bits": 4, "mode": "affine"}
+        cfg["quantization_config"] = dict(cfg["quantization"])
+    else:
+        for name, w in iter_weights(g, cfg):
+            weights[name] = mx.array(w).astype(mx_dtype)
+            mx.eval(weights[name])
     if cfg.get("tie_word_embeddings"):
-        weights.pop("lm_head.weight", None)
-    if quantize is not None:
+        for k in [k for k in weights if k.startswith("lm_head.")]:
+            weights.pop(k)
+    if isinstance(quantize, int):
         weights, cfg = _quantize(weights, cfg, quantize, group_size)
     save_safetensors(out / "model.safetensors", weights, metadata={"format": "mlx"})
     write_json(out / "config.json", cfg)
     gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in cfg}
     write_json(out / "generation_config.json", gen)
     save_tokenizer(g, out)
+
+
+NATIVE_GROUP_SIZE = 32  # one GGUF block (Q4_0, Q4_1, Q8_0) per MLX quantization group
+
+
+class RequantizedWarning(UserWarning):
+    """``quantize="gguf"``: some tensors were not Q4_0/Q4_1/Q8_0 and were re-quantized by MLX."""
+
+
+def _is_layer_weight(hf: str, w_shape) -> bool:
+    """A linear or embedding weight mlx-lm would quantize (2-D, rows split into 32-value groups)."""
+    return hf.endswith(".weight") and len(w_shape) == 2 and w_shape[-1] % NATIVE_GROUP_SIZE == 0
+
+
+def native_quantized_weights(g: GGUFContents, cfg: dict, dtype) -> dict:
+    """Weights for ``quantize="gguf"``: HF/mlx-lm name -> ``mx.array``.
+
+    Q4_0/Q4_1/Q8_0 linear and embedding weights keep the file's own blocks as MLX affine triples
+    (``name.weight`` uint32 codes, ``name.scales``/``name.biases`` in ``dtype``; llama's Q/K row
+    permutation undone on the triples); other quantized 2-D weights (K-quants, Q5_x, ...) are
+    dequantized and re-quantized with ``mx.quantize`` (group 32; 8 bits for types of 5+ bits,
+    else 4) and named in one :class:`RequantizedWarning`; float tensors stay float (``dtype``).
+    """
+    arch = g.architecture
+    weights, requantized = {}, {}
+    floats = (Q.F32, Q.F16, Q.BF16)
+    for name, t in g.tensors.items():
+        if name in DERIVED_TENSORS:
+            continue
+        hf = hf_tensor_name(name, arch)
+        native = g.quantized(name) if hf.endswith(".weight") else None
+        if native is not None:
+            w, scales, biases, _ = native
+            w, scales, biases = undo_row_transform(name, (w, scales, biases), arch, cfg)
+            base = hf[: -len(".weight")]
+            weights[hf] = mx.array(w)
+            weights[base + ".scales"] = mx.array(scales).astype(dtype)
+            weights[base + ".biases"] = mx.array(biases).astype(dtype)
+            continue
+        value = mx.array(undo_transform(name, g.tensor(name), arch, cfg)).astype(dtype)
+        if t.tensor_type not in floats and _is_layer_weight(hf, value.shape):
+            bits = 8 if _GGML_BITS.get(t.tensor_type.name, 8) >= 5 else 4
+            w, scales, biases = mx.quantize(value, group_size=NATIVE_GROUP_SIZE, bits=bits)
+            base = hf[: -len(".weight")]
+            weights.update({hf: w, base + ".scales": scales, base + ".biases": biases})
+            requantized.setdefault(f"{t.tensor_type.name} -> MLX {bits}-bit", []).append(name)
+        else:
+            weights[hf] = value
+        mx.eval(weights[hf])
+    if requantized:
+        detail = "; ".join(
+            f"{k}: {len(v)} tensors ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})" for k, v in requantized.items()
+        )
+        warnings.warn(
+            f"{g.path.name}: only Q4_0/Q4_1/Q8_0 blocks are kept as they are; dequantized and re-quantized "
+            f"(group size {NATIVE_GROUP_SIZE}): {detail}",
+            RequantizedWarning,
+            stacklevel=3,
+        )
+    return weights
+
+
+# nominal bits per weight of ggml's quantized types (the fallback keeps 8 bits from 5 up)
+_GGML_BITS = {"Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "IQ4_NL": 4, "IQ4_XS": 4, "Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q6_K": 6}
 
 
 def _quantize(weights: dict, cfg: dict, bits: int, group_size: int) -> tuple[dict, dict]:
@@ -94,7 +176,7 @@ def import_gguf(
     source: str | os.PathLike,
     out: str | os.PathLike,
     dtype: str = "float32",
-    quantize: int | None = None,
+    quantize: int | str | None = None,
     *,
     group_size: int = 64,
     overwrite: bool = False,
@@ -103,7 +185,8 @@ def import_gguf(
 
     ``source``: path to a ``.gguf`` file or a named source (``"gemma3-270m"``, see NAMED_SOURCES).
     ``dtype``: float32 | bfloat16 | float16 for the stored (non-quantized) weights.
-    ``quantize``: None, 4 or 8 -- MLX affine quantization (``group_size``) via mlx-lm.
+    ``quantize``: None, 4 or 8 -- MLX affine quantization (``group_size``) via mlx-lm; ``"gguf"`` --
+    keep the file's Q4_0/Q4_1/Q8_0 blocks as MLX quantized layers (:func:`native_quantized_weights`).
     The directory is built in a temporary sibling and renamed into place, so ``out`` is either
     absent or complete (marked by ``tdpo_mlx_import.json``).
 
@@ -113,8 +196,8 @@ def import_gguf(
     """
     if dtype not in _DTYPES:
         raise UserError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
-    if quantize not in (None, 4, 8):
-        raise UserError(f"quantize must be None, 4 or 8 (bits), got {quantize!r}")
+    if quantize not in (None, 4, 8, "gguf"):
+        raise UserError(f"quantize must be None, 4, 8 (bits) or 'gguf' (the file's own blocks), got {quantize!r}")
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise AlreadyExistsError(f"{out} exists and is not empty; choose another --out or pass overwrite (--force)")

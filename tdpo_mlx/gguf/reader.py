@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
 from ..errors import NotFoundError, UserError
@@ -67,6 +67,46 @@ class GGUFContents:
             ) from e
         shape = tuple(int(s) for s in reversed(t.shape.tolist()))
         return np.asarray(w, dtype=np.float32).reshape(shape)
+
+    def quantized(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+        """A Q4_0 / Q4_1 / Q8_0 tensor as MLX affine-quantized arrays, without dequantizing:
+        ``(weight, scales, biases, bits)`` with group size 32 (one GGUF block per group), or None
+        for other types.
+
+        ``weight``: uint32 (rows, in * bits / 32), element j of a word in bits ``[j*bits, (j+1)*bits)``
+        (``mx.quantize``'s packing); ``scales``/``biases``: float16 (rows, in / 32), so that
+        ``w = scales * q + biases`` per group reproduces ggml's value exactly: Q8_0 ``d * q`` with
+        q = code - 128; Q4_0 ``d * (nibble - 8)``; Q4_1 ``d * nibble + m`` (ggml-quants.c block layouts).
+        """
+        t = self.tensors[name]
+        kind = t.tensor_type
+        if kind not in _NATIVE_BLOCKS or len(t.shape) != 2:
+            return None
+        rows, cols = int(t.shape[1]), int(t.shape[0])
+        blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, cols // 32, _NATIVE_BLOCKS[kind])
+        d = blocks[..., 0:2].copy().view(np.float16)[..., 0]
+        if kind == GGMLQuantizationType.Q8_0:
+            codes = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+            return _pack(codes, 8), d, (d * np.float16(-128)).astype(np.float16), 8
+        qs = blocks[..., 4:] if kind == GGMLQuantizationType.Q4_1 else blocks[..., 2:]
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # elements 0-15 low nibbles, 16-31 high
+        if kind == GGMLQuantizationType.Q4_1:
+            m = blocks[..., 2:4].copy().view(np.float16)[..., 0]
+            return _pack(codes, 4), d, m, 4
+        return _pack(codes, 4), d, (d * np.float16(-8)).astype(np.float16), 4
+
+
+# bytes per 32-value block of the types MLX keeps as affine-quantized layers (ggml-common.h)
+_NATIVE_BLOCKS = {GGMLQuantizationType.Q8_0: 34, GGMLQuantizationType.Q4_0: 18, GGMLQuantizationType.Q4_1: 20}
+
+
+def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """(rows, groups, 32) codes < 2**bits -> (rows, groups * bits) uint32 words, low bits first."""
+    rows = codes.shape[0]
+    per_word = 32 // bits
+    c = codes.reshape(rows, -1, per_word).astype(np.uint32)
+    shifts = (np.arange(per_word, dtype=np.uint32) * bits)[None, None, :]
+    return np.bitwise_or.reduce(c << shifts, axis=-1).astype(np.uint32)
 
 
 def _field_value(f: Any) -> Any:
