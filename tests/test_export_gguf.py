@@ -146,3 +146,30 @@ def test_gguf_export_cli_and_refusals(tmp_path, capsys):
         export(plain, None, to="gguf", out=tmp_path / "y")
     cfg = json.loads((base / "config.json").read_text())
     assert cfg["model_type"] == "qwen2"
+
+
+def test_llama_cpp_loads_the_export_and_agrees_on_greedy_tokens(tmp_path):
+    """A real llama.cpp load (llama-cpp-python) of the exported file gives MLX's greedy tokens.
+    Optional: llama-cpp-python ships only a source distribution (a long C++ build), so it is not
+    installed by CI; the test skips with that reason where it is absent."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (source build only)")
+    import mlx.core as mx
+    from mlx_lm.utils import load_model
+
+    base = make_base(tmp_path, "llama")
+    adapter = make_adapter(base, tmp_path / "adapter", num_layers=2)
+    export(base, adapter, to="gguf", out=tmp_path / "out", gguf_type="f32")
+    export(base, adapter, to="mlx", out=tmp_path / "fused", dtype="float32")
+    model, _ = load_model(tmp_path / "fused")
+    ids = list(IDS["llama"])
+    want = []
+    for _ in range(6):
+        nxt = int(mx.argmax(model(mx.array([ids + want]))[0, -1]).item())
+        want.append(nxt)
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "out" / GGUF_FILE), n_ctx=64, verbose=False)
+    got = []
+    for tok in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+        got.append(int(tok))
+        if len(got) == len(want):
+            break
+    assert got == want
