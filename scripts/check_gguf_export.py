@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 import mlx.core as mx
+from tdpo_mlx.evaluate import chat_prompts, load_model
 
 import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
-from tdpo_mlx.evaluate import chat_prompts, load_model
 from tdpo_mlx.gguf import import_gguf
 
 

@@ -131,3 +131,32 @@ def test_chat_end_to_end_cli(smollm_dir, tmp_path, capsys):
     assert "<|im_start|>" in template
     meta = read_gguf(tmp_path / "export-gguf" / "model.gguf").metadata
     assert meta["tokenizer.ggml.pre"] == "smollm" and "<|im_start|>" in meta["tokenizer.chat_template"]
+
+
+def test_chat_prompts_hold_bos_once(tmp_path):
+    """--chat renders each prompt with the template; a BOS the template writes is left to the
+    tokenizer's encode when that adds one (Gemma-style), so the ids hold BOS once."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+    from tdpo_mlx.evaluate import chat_prompts
+    from test_gguf_import import random_llama_hf, sentencepiece_vocab, write_llama_like
+    from transformers import AutoTokenizer
+
+    from tdpo_mlx.gguf import import_gguf
+
+    src = tmp_path / "sp.gguf"
+    hf = random_llama_hf(np.random.default_rng(0), len(sentencepiece_vocab()[0]))
+    write_llama_like(src, "llama", hf, {"default": Q.F32})
+    model_dir = import_gguf(src, tmp_path / "m")
+    with pytest.raises(ValueError, match="chat template"):
+        chat_prompts(AutoTokenizer.from_pretrained(model_dir), ["hello"])
+    cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = (
+        "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    (text,) = chat_prompts(tok, ["hello"], system="be brief")
+    assert text == "[system]be brief[user]hello[assistant]"
+    assert tok.encode(text).count(tok.bos_token_id) == 1 and tok.encode(text)[0] == tok.bos_token_id

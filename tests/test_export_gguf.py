@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from support.models import make_adapter, make_model_dir, mlx_logits
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter
+from support.models import make_adapter, make_model_dir, mlx_logits
 from test_gguf_import import (
     GEMMA_HF_TO_GGUF,
     add_tensor,
