@@ -103,8 +103,9 @@ def test_chat_end_to_end_cli(smollm_dir, tmp_path, capsys):
 
     adapters = tmp_path / "adapters"
     argv = ["train", "--model", smollm_dir, "--data", str(data), "--loss", "tdpo2", "--iters", "2"]
-    argv += ["--batch-size", "2", "--max-length", "96", "--eval-every", "2", "--eval-fraction", "0.34"]
-    argv += ["--lora-layers", "4", "--lr", "1e-3", "--warmup-steps", "0", "--adapter-path", str(adapters)]
+    argv += ["--batch-size", "2", "--max-length", "96", "--max-prompt-length", "64", "--eval-every", "2"]
+    argv += ["--eval-fraction", "0.34"]
+    argv += ["--lora-layers", "4", "--lr", "1e-5", "--warmup-steps", "0", "--adapter-path", str(adapters)]
     assert main([*argv, "--no-progress"]) == 0, capsys.readouterr().err
     assert "done: 2 steps" in capsys.readouterr().out
 
