@@ -93,7 +93,8 @@ def run(args) -> int:
         print(
             f"warning: ... and {len(result.warnings) - 10} more (all listed in {result.out}/README.md)", file=sys.stderr
         )
-    print(f"wrote {result.to} export to {result.out} ({written_summary(result.out)})")
+    held = f"GGUF {result.dtype}" if result.to == "gguf" else written_summary(result.out)
+    print(f"wrote {result.to} export to {result.out} ({held})")
     print(f"  adapted modules: {len(result.adapted_modules)}; files: {', '.join(result.files)}")
     if result.hub_url:
         print(f"  uploaded to {result.hub_url}")

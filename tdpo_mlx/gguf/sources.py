@@ -17,7 +17,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from ..atomic import atomic_path
-from ..errors import NotFoundError, did_you_mean
+from ..errors import NotFoundError, did_you_mean, near_misses
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,8 @@ def gguf_file(source: str | os.PathLike) -> Path:
     p = Path(s).expanduser()
     if not p.exists():
         raise NotFoundError(
-            f"GGUF source {s!r} is neither a file nor a named source ({', '.join(NAMED_SOURCES)})"
-            + did_you_mean(s, NAMED_SOURCES)
+            f"GGUF source not found: {s!r} is neither a file nor a named source ({', '.join(NAMED_SOURCES)})"
+            + (did_you_mean(s, NAMED_SOURCES) or near_misses(s))
         )
     return p
 
