@@ -15,9 +15,10 @@ import tempfile
 from pathlib import Path
 
 import mlx.core as mx
-from tdpo_mlx.evaluate import chat_prompts, load_model
 
 import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
+from tdpo_mlx.evaluation import load_model
+from tdpo_mlx.generation import chat_prompts
 from tdpo_mlx.gguf import import_gguf
 
 

@@ -139,10 +139,10 @@ def test_chat_prompts_hold_bos_once(tmp_path):
     tokenizer's encode when that adds one (Gemma-style), so the ids hold BOS once."""
     import numpy as np
     from gguf import GGMLQuantizationType as Q
-    from tdpo_mlx.evaluate import chat_prompts
     from test_gguf_import import random_llama_hf, sentencepiece_vocab, write_llama_like
     from transformers import AutoTokenizer
 
+    from tdpo_mlx.generation import chat_prompts
     from tdpo_mlx.gguf import import_gguf
 
     src = tmp_path / "sp.gguf"

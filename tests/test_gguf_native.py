@@ -10,8 +10,8 @@ import warnings
 import mlx.core as mx
 import numpy as np
 import pytest
-from export_tiny import make_adapter, mlx_logits
 from gguf import GGMLQuantizationType as Q
+from support.models import make_adapter, mlx_logits
 from test_gguf_import import random_llama_hf, sentencepiece_vocab, write_llama_like
 
 from tdpo_mlx.export import export
