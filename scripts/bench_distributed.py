@@ -8,8 +8,10 @@ step time, the median time of the gradient all-reduce (``nn.average_gradients``,
 the slower process included) and the tokens per second of all processes together. The last
 line printed is one JSON object.
 
-On a machine with C cores, N processes share them: on 2 cores, 2 processes are not faster;
-the point is the cost of communication. Between machines (``mlx.launch --hostfile``) each
+Every process of both runs gets ``--threads`` BLAS threads (default: cores / N, so that N local
+processes do not oversubscribe the cores); the comparison is then one process against N with the
+same per-process compute, as on N machines. On a loaded machine, compare the all-reduce share
+more than the step times. Between machines (``mlx.launch --hostfile``) each
 process has its own cores and the speed-up approaches N minus the all-reduce share.
 
 Example:
@@ -45,8 +47,12 @@ def parse_args(argv=None):
     p.add_argument("--grad-accum", type=int, default=2, help="global batch = batch-size x grad-accum pairs")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--response-len", type=int, default=64)
-    p.add_argument("--steps", type=int, default=3, help="timed steps (after one untimed)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per run (after one untimed)")
+    p.add_argument("--rounds", type=int, default=2, help="runs of each kind, alternating (1, N, 1, N, ...)")
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument(
+        "--threads", type=int, default=None, help="BLAS threads of every process, both runs (default: cores / world)"
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one process, write JSON here
     return p.parse_args(argv)
 
@@ -118,9 +124,9 @@ def worker(args) -> None:
         if run.world.is_main:
             record = {
                 "processes": run.world.size,
-                "step_s": statistics.median(r.seconds for r in results),
-                "allreduce_s": statistics.median(r.comm_seconds for r in results),
-                "tokens_per_s": sum(r.n_tokens for r in results) / sum(r.seconds for r in results),
+                "step_s": [r.seconds for r in results],
+                "allreduce_s": [r.comm_seconds for r in results],
+                "tokens": sum(r.n_tokens for r in results),
             }
             Path(args.worker).write_text(json.dumps(record))
 
@@ -136,7 +142,7 @@ def launch(args, n: int, tmp: Path) -> dict:
     result = tmp / f"world{n}.json"
     cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", str(result)]
     env = dict(os.environ)
-    threads = str(max(1, (os.cpu_count() or 1) // n))  # local processes share the cores: no oversubscription
+    threads = str(args.threads or max(1, (os.cpu_count() or 1) // args.world))  # same in both runs
     env.update(MKL_NUM_THREADS=threads, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
     if n > 1:
         hostfile = tmp / f"hosts{n}.json"
@@ -149,6 +155,18 @@ def launch(args, n: int, tmp: Path) -> dict:
     return json.loads(result.read_text())
 
 
+def summarize(records: list[dict]) -> dict:
+    """Medians over every timed step of every run of one kind; tokens/s over their total time."""
+    steps = [s for r in records for s in r["step_s"]]
+    return {
+        "processes": records[0]["processes"],
+        "step_s": statistics.median(steps),
+        "allreduce_s": statistics.median(a for r in records for a in r["allreduce_s"]),
+        "tokens_per_s": sum(r["tokens"] for r in records) / sum(steps),
+        "steps": len(steps),
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -159,8 +177,11 @@ def main(argv=None) -> int:
         if args.tiny:
             args.model = tiny_model_dir(tmp / "tiny")
             sys.argv += ["--model", args.model]
-        one = launch(args, 1, tmp)
-        many = launch(args, args.world, tmp)
+        runs = {1: [], args.world: []}
+        for _ in range(args.rounds):  # alternating, so that load from other jobs hits both kinds
+            for n in runs:
+                runs[n].append(launch(args, n, tmp))
+    one, many = (summarize(runs[n]) for n in runs)
     g = args.batch_size * args.grad_accum
     print(
         f"global batch {g} pairs ({args.batch_size} x {args.grad_accum}), prompt {args.prompt_len} + response "
@@ -173,7 +194,7 @@ def main(argv=None) -> int:
             f"{r['processes']:>9} {r['step_s']:>8.3f} {r['allreduce_s']:>13.4f} {share:>6.1%} "
             f"{r['tokens_per_s']:>9.0f} {one['step_s'] / r['step_s']:>8.2f}x"
         )
-    print(json.dumps({"single": one, "distributed": many, "global_batch": g}))
+    print(json.dumps({"single": one, "distributed": many, "global_batch": g, "rounds": args.rounds}))
     return 0
 
 
