@@ -8,12 +8,13 @@ import warnings
 from typing import NamedTuple
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.trainer import grad_checkpoint
 
 from .models import adapters_disabled
-from .stats import SequenceStatistics, model_statistics
+from .stats import SequenceStatistics, model_statistics, vocab_sum
 
 # ---------------------------------------------------------------------------------------------
 # Fast, memory-frugal path (the trainer's entry point): response-only LM head, chunked KL.
@@ -39,7 +40,7 @@ from .stats import SequenceStatistics, model_statistics
 # the plain one are only accurate to a few 1e-4 against float64 (they agree more closely with
 # each other, since they sum the same way).
 
-_CHUNK_BYTES = 32 * 2**20  # target size of one (C, V) float32 chunk of logits
+_CHUNK_BYTES = 64 * 2**20  # target size of one (C, V) float32 chunk of logits
 
 
 class _HeadPlan(NamedTuple):
@@ -133,78 +134,154 @@ def _post_logits(z: mx.array, scale: float, cap: float | None) -> mx.array:
     return z * scale if scale != 1.0 else z
 
 
-def _token_terms(zp, zr, tgt, scale, cap, want_grad):
-    """Per-position statistics from raw (C, V) logits; optionally the logit gradients.
+def _cpu_exp(x: mx.array) -> mx.array:
+    """exp(x) for x <= 0 (softmax arguments) from elementwise ops, for the CPU backend.
+
+    Cephes ``expf``: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for exact reduction),
+    a degree-7 polynomial for exp(r), and 2^n built from the exponent bits. Max relative error
+    8e-8 (~1.3 ulp) against float64 over [-87, 0]; MLX's own CPU ``exp`` measured 3.9e-6 and,
+    ~20 ns an element against ~13 ns for this one unfused (~7 ns compiled). Results below
+    1.2e-38 (x < -87.3, including -inf) are 0. Not differentiable (``mx.view``): forward only.
+    """
+    a = mx.maximum(x, -87.3)
+    n = mx.floor(a * 1.4426950408889634 + 0.5)
+    r = a - n * 0.693359375
+    r = r + n * 2.12194440e-4
+    p = 1.9875691500e-4
+    p = p * r + 1.3981999507e-3
+    p = p * r + 8.3334519073e-3
+    p = p * r + 4.1665795894e-2
+    p = p * r + 1.6666665459e-1
+    p = p * r + 5.0000001201e-1
+    p = p * (r * r) + r + 1.0
+    scale = mx.view((n.astype(mx.int32) + 127) << 23, mx.float32)
+    return mx.where(x < -87.3, 0.0, p * scale)
+
+
+def _exp_fn():
+    """The exponential for the fused chunk kernels: :func:`_cpu_exp` on the CPU backend only
+    (Metal and CUDA keep MLX's own kernels)."""
+    return _cpu_exp if mx.default_device() == mx.cpu else mx.exp
+
+
+def _chunk_terms(z, tgt, scale, cap, want_grad, exp):
+    """Per-position statistics from the stacked raw logits of one chunk; what backward needs.
+
+    Args:
+        z: (2C, V) raw head outputs, policy rows [0, C) then reference rows [C, 2C).
+        tgt: (C,) int32 targets.
 
     With y = c(z) the model's final logits, lse = logsumexp(y), p = softmax(y):
-    tok = y_p[t] - lse_p, ref_tok = y_r[t] - lse_r,
-    kl = sum_v p_r(v) * ((y_r(v) - lse_r) - (y_p(v) - lse_p))   (TDPO Eq. 8, one position).
-    One exp pass per side (the softmax and the logsumexp share it).
+    tok = y_p[t] - lse_p, ref_tok = y_r[t] - lse_r and
+    kl = sum_v p_r(v) (y_r(v) - y_p(v)) + (m_p - m_r) + log(s_p / s_r)  (TDPO Eq. 8, one
+    position; m = max, s = sum of exp(y - m)), the grouped form: the logit differences are taken
+    first (exact when the two are close) and the sums are :func:`tdpo_mlx.stats.vocab_sum`'s, so
+    float32 stays within ~1e-7 of the true KL near zero
+    (the textbook sum of p_r (log p_r - log p_p) drifts to ~-1e-6 at V = 262k); p_r = 0 (also
+    -inf logits) adds 0. One exponential pass over the stacked rows; no (C, V) one-hot.
 
-    Returns (tok, ref_tok, kl) each (C,) float32 and, with ``want_grad``, also
-    g_tok = d tok / d zp = (onehot(t) - p_p) c'(zp) and g_kl = d kl / d zp = (p_p - p_r) c'(zp),
-    each (C, V) float32 (w.r.t. the *raw* head output, i.e. through a softcap).
+    Returns (tok, ref_tok, kl) each (C,) float32 and, with ``want_grad``, also ``p`` (2C, V):
+    the softmax of both sides times c'(z_p) (the policy's logit transform derivative, on both
+    halves), and ``dc_t`` (C,) = c'(z_p[t]). Then d tok / d z_p = onehot(t) dc_t - p[:C] and
+    d kl / d z_p = p[:C] - p[C:], so both head maps come from one product ``p @ W``.
     """
-    zp = zp.astype(mx.float32)
-    zr = zr.astype(mx.float32)
-    yp = _post_logits(zp, scale, cap)
-    yr = _post_logits(zr, scale, cap)
-    mp = mx.stop_gradient(mx.max(yp, axis=-1, keepdims=True))
-    mr = mx.stop_gradient(mx.max(yr, axis=-1, keepdims=True))
-    ep = mx.exp(yp - mp)
-    er = mx.exp(yr - mr)
-    sum_p = mx.sum(ep, axis=-1, keepdims=True)
-    sum_r = mx.sum(er, axis=-1, keepdims=True)
-    lse_p = mp + mx.log(sum_p)
-    lse_r = mr + mx.log(sum_r)
-    idx = tgt[:, None]
-    tok = (mx.take_along_axis(yp, idx, axis=-1) - lse_p)[:, 0]
-    ref_tok = (mx.take_along_axis(yr, idx, axis=-1) - lse_r)[:, 0]
-    pr = er * (1.0 / sum_r)
-    kl = mx.sum(pr * ((yr - lse_r) - (yp - lse_p)), axis=-1)
+    c = tgt.shape[0]
+    z = z.astype(mx.float32)
+    y = _post_logits(z, scale, cap)
+    m = mx.max(y, axis=-1, keepdims=True)
+    e = exp(y - m)
+    s = vocab_sum(e)
+    lse = m + mx.log(s)
+    idx = mx.concatenate([tgt, tgt])[:, None]
+    tok2 = (mx.take_along_axis(y, idx, axis=-1) - lse)[:, 0]
+    p = e * (1.0 / s)
+    pr = p[c:]
+    cross = vocab_sum(pr * mx.where(pr > 0, y[c:] - y[:c], 0.0))[:, 0]
+    # lse_p - lse_r as (m_p - m_r) + log(s_p / s_r): each lse (~10-20) is rounded to ~1e-6
+    kl = cross + (m[:c, 0] - m[c:, 0]) + mx.log(s[:c, 0] / s[c:, 0])
+    tok, ref_tok = tok2[:c], tok2[c:]
     if not want_grad:
         return tok, ref_tok, kl
-    sp = ep * (1.0 / sum_p)
-    onehot = (mx.arange(zp.shape[-1])[None, :] == idx).astype(mx.float32)
-    g_tok = onehot - sp
-    # d kl / d y_p = p_p * sum(p_r) - p_r; sum(p_r) is 1 in exact arithmetic, but keeping it
-    # reproduces the plain path's float32 rounding (its reductions over V are not exact).
-    g_kl = sp * mx.sum(pr, axis=-1, keepdims=True) - pr
     if cap:
-        t = mx.tanh(zp * (scale / cap))
-        d = scale * (1.0 - t * t)
-        g_tok, g_kl = g_tok * d, g_kl * d
-    elif scale != 1.0:
-        g_tok, g_kl = g_tok * scale, g_kl * scale
-    return tok, ref_tok, kl, g_tok, g_kl
+        dc = scale * (1.0 - mx.square(mx.tanh(z[:c] * (scale / cap))))
+        dc_t = mx.take_along_axis(dc, tgt[:, None], axis=-1)[:, 0]
+        p = (p.reshape(2, c, -1) * dc[None]).reshape(2 * c, -1)
+    else:
+        dc_t = mx.full(tok.shape, scale, mx.float32)
+        if scale != 1.0:
+            p = p * scale
+    return tok, ref_tok, kl, p, dc_t
 
 
 _COMPILED: dict = {}
-_USE_COMPILE = {"on": True}
+_USE_COMPILE = {"on": False}
 
 
 def _terms_fn(scale, cap, want_grad):
-    """:func:`_token_terms` for fixed constants, mx.compile'd (fuses the elementwise passes)."""
-    key = (scale, cap, want_grad, _USE_COMPILE["on"])
+    """:func:`_chunk_terms` for fixed constants, mx.compile'd when enabled (``_USE_COMPILE``,
+    off by default: on the CPU backend the compiled kernel measured no faster and held ~2x the
+    (C, V) blocks). On the CPU backend it uses :func:`_cpu_exp` (MLX's CPU exp is off by up
+    to 3.9e-6 relative, which moves a KL near zero by ~1e-6)."""
+    compiled = _USE_COMPILE["on"]
+    exp = _exp_fn() if compiled else mx.exp
+    key = (scale, cap, want_grad, compiled, exp)
     fn = _COMPILED.get(key)
     if fn is None:
 
-        def fn(zp, zr, tgt):
-            return _token_terms(zp, zr, tgt, scale, cap, want_grad)
+        def fn(z, tgt):
+            return _chunk_terms(z, tgt, scale, cap, want_grad, exp)
 
-        if _USE_COMPILE["on"]:
+        if compiled:
             fn = mx.compile(fn)
         _COMPILED[key] = fn
     return fn
 
 
-def _frozen_head_chunk(pol: _HeadPlan, ref_head, differentiable: bool):
-    """Chunk function (hp, hr, tgt) -> (tok, ref_tok, kl) with the precomputed-gradient VJP."""
+def _detached(x: mx.array) -> mx.array:
+    """An evaluated copy of ``x`` outside any autodiff trace (a leaf), so ``mx.compile`` fuses
+    the work done on it even under ``nn.value_and_grad`` (MLX runs compiled functions of
+    tracers uncompiled). Inside ``mx.compile`` (no eval allowed) ``x`` itself is returned."""
+    if not _eval_if_allowed(x):
+        return x
+    return mx.array(np.array(x.astype(mx.float32))).astype(x.dtype)
+
+
+def _target_rows(plan: _HeadPlan, tgt: mx.array, h: mx.array) -> mx.array:
+    """(C, D) rows of the head's weight for the targets: d head(h)[t] / d h, without a one-hot.
+
+    Tied (possibly quantized) embeddings look the rows up; an ``nn.Linear`` gathers them;
+    other heads take the VJP of a one-hot."""
+    module = plan.module
+    if plan.head is not module and hasattr(module, "as_linear"):
+        return module(tgt).astype(h.dtype)
+    if type(module) is nn.Linear:
+        return module.weight[tgt].astype(h.dtype)
+    onehot = (mx.arange(plan.vocab)[None, :] == tgt[:, None]).astype(mx.float32)
+    _, (rows,) = mx.vjp(lambda x: plan.head(x).astype(mx.float32), [h], [onehot])
+    return rows
+
+
+def _frozen_head_chunk(pol: _HeadPlan, ref: _HeadPlan, differentiable: bool, kl_grad: bool = True):
+    """Chunk function (hp, hr, tgt) -> (tok, ref_tok, kl) with a precomputed-gradient VJP.
+
+    Forward (numeric, on detached copies, evaluated per chunk): the policy and reference logits
+    from one stacked head product when both use the same head, the statistics kernel, and both
+    gradient maps through the head from one stacked product ``A = p @ W`` (:func:`_chunk_terms`):
+    d tok / d h = c'(z_t) W[t] - A_p,  d kl / d h = A_p - A_r.
+    ``kl_grad`` False skips A_r (rows whose KL gets no gradient, e.g. TDPO2's chosen rows).
+    """
+    same_head = pol.module is ref.module
+
+    def logits(hp, hr):
+        if same_head:
+            return pol.head(mx.concatenate([hp, hr]))
+        return mx.concatenate([pol.head(hp), ref.head(hr)])
+
     if not differentiable:
         terms = _terms_fn(pol.scale, pol.cap, False)
 
         def plain(hp, hr, tgt):
-            return terms(pol.head(hp), mx.stop_gradient(ref_head(hr)), tgt)
+            return terms(logits(hp, mx.stop_gradient(hr)), tgt)
 
         return plain
 
@@ -212,22 +289,27 @@ def _frozen_head_chunk(pol: _HeadPlan, ref_head, differentiable: bool):
 
     @mx.custom_function
     def chunk(hp, hr, tgt):
-        tok, ref_tok, kl, g_tok, g_kl = terms(pol.head(hp), ref_head(hr), tgt)
-
-        # Map both logit gradients through the (frozen, linear) head now: (C, V) -> (C, D).
-        def head(h):
-            return pol.head(h).astype(mx.float32)
-
-        _, (d_tok,) = mx.vjp(head, [hp], [g_tok])
-        _, (d_kl,) = mx.vjp(head, [hp], [g_kl])
-        return tok, ref_tok, kl, d_tok.astype(hp.dtype), d_kl.astype(hp.dtype)
+        hp, hr = _detached(hp), _detached(hr)
+        c = hp.shape[0]
+        tok, ref_tok, kl, p, dc_t = terms(logits(hp, hr), tgt)
+        if not kl_grad:
+            p = p[:c]
+        h = mx.concatenate([hp, hp]) if kl_grad else hp  # the head is linear: any h gives its VJP
+        _, (a,) = mx.vjp(lambda x: pol.head(x).astype(mx.float32), [h], [p])
+        d_tok = dc_t[:, None] * _target_rows(pol, tgt, hp).astype(mx.float32) - a[:c]
+        d_kl = a[:c] - a[c:] if kl_grad else mx.zeros_like(d_tok)
+        res = (tok, ref_tok, kl, d_tok.astype(hp.dtype), d_kl.astype(hp.dtype))
+        _eval_if_allowed(res)  # frees this chunk's (C, V) blocks before the next is queued
+        return res
 
     @chunk.vjp
     def chunk_vjp(primals, cotangents, outputs):
         hp, hr, tgt = primals
         g_tok, _, g_kl = cotangents[:3]
         d_tok, d_kl = outputs[3], outputs[4]
-        dh = g_tok[:, None].astype(d_tok.dtype) * d_tok + g_kl[:, None].astype(d_kl.dtype) * d_kl
+        dh = g_tok[:, None].astype(d_tok.dtype) * d_tok
+        if kl_grad:
+            dh = dh + g_kl[:, None].astype(d_kl.dtype) * d_kl
         return dh, mx.zeros_like(hr), mx.zeros_like(tgt)
 
     def run(hp, hr, tgt):
@@ -236,16 +318,17 @@ def _frozen_head_chunk(pol: _HeadPlan, ref_head, differentiable: bool):
     return run
 
 
-def _trainable_head_chunk(pol: _HeadPlan, ref_head):
+def _trainable_head_chunk(pol: _HeadPlan, ref: _HeadPlan):
     """Chunk function for a head with trainable parameters: mx.checkpoint recomputes the
-    chunk's logits in backward (gradients reach the head's parameters and the hidden states)."""
-    terms = _terms_fn(pol.scale, pol.cap, False)
+    chunk's logits in backward (gradients reach the head's parameters and the hidden states).
+    Differentiated by MLX, so uncompiled, with MLX's own ``exp``."""
     module = pol.module
 
     def run(hp, hr, tgt):
         def inner(params, hp, hr):  # targets are closed over: no VJP w.r.t. indices
             module.update(params)
-            return terms(pol.head(hp), mx.stop_gradient(ref_head(hr)), tgt)
+            z = mx.concatenate([pol.head(hp), mx.stop_gradient(ref.head(hr))])
+            return _chunk_terms(z, tgt, pol.scale, pol.cap, False, mx.exp)
 
         return mx.checkpoint(inner)(module.trainable_parameters(), hp, hr)
 
@@ -268,10 +351,71 @@ def _has_trainable(module) -> bool:
     return bool(tree_flatten(module.trainable_parameters()))
 
 
+def _chunk_plan(mask: mx.array, c: int, split: int) -> list:
+    """Scored positions of rows [0, split) and [split, N) as padded chunk groups.
+
+    Returns a list of ``(idx, row_of, chunk, need_kl)``: flat indices into (N * T) (padded
+    with 0 to a multiple of ``chunk``), the row of each (-1 for padding), the chunk size used
+    (smaller for a small group), and whether the group's KL needs its backward map (False only
+    for rows [0, split) when ``split`` < N: the chosen rows under TDPO2).
+    """
+    m = np.array(mask)
+    n, t = m.shape
+    groups = []
+    for lo, hi in ((0, split), (split, n)):
+        if hi <= lo:
+            continue
+        pos = np.flatnonzero(m[lo:hi].reshape(-1)) + lo * t
+        p = int(pos.size)
+        cg = c if p >= c else max(8, -(-p // 8) * 8)
+        size = max(1, -(-p // cg)) * cg
+        idx = np.zeros(size, dtype=np.int32)
+        idx[:p] = pos
+        row_of = np.full(size, -1, dtype=np.int64)
+        row_of[:p] = pos // t
+        groups.append((idx, row_of, cg, lo > 0 or split >= n))
+    return groups
+
+
 def default_chunk_size(vocab: int) -> int:
-    """Positions per chunk so that one (C, V) float32 logits block is about 32 MiB, in [8, 1024]."""
+    """Positions per chunk so that one (C, V) float32 logits block is about 64 MiB, in [8, 1024]."""
     c = max(8, min(1024, _CHUNK_BYTES // (4 * max(int(vocab), 1))))
     return 1 << (c.bit_length() - 1)  # a power of two
+
+
+def head_statistics(pol: _HeadPlan, ref: _HeadPlan, hidden, ref_hidden, batch, groups, differentiable: bool):
+    """Per-position (tok, ref_tok, kl) at the scored positions of ``groups`` (:func:`_chunk_plan`)
+    from final hidden states (N, T, D) of policy and reference, and the (N, P') float32 matrix
+    that sums them into rows. The LM-head part of :func:`batch_statistics`."""
+    n, t = batch.target_mask.shape
+    hidden = hidden.reshape(n * t, -1)
+    ref_hidden = mx.stop_gradient(ref_hidden.reshape(n * t, -1))
+    flat_targets = batch.targets.reshape(-1)
+    trainable = _has_trainable(pol.module) and differentiable
+    outs, rows = [], []
+    for idx, row_of, cg, need_kl in groups:
+        if trainable:
+            chunk = _trainable_head_chunk(pol, ref)
+        else:
+            chunk = _frozen_head_chunk(pol, ref, differentiable, need_kl)
+        idx_mx = mx.array(idx)
+        hp = mx.take(hidden, idx_mx, axis=0)
+        hr = mx.take(ref_hidden, idx_mx, axis=0)
+        tgt = mx.take(flat_targets, idx_mx).astype(mx.int32)
+        # Without gradients, finish each chunk before queuing the next (MLX allocates an op's
+        # output when the op is queued, so the queue otherwise runs a few chunks' (C, V) blocks
+        # ahead); with gradients the frozen-head chunk evaluates itself on detached copies.
+        for i in range(0, len(idx), cg):
+            outs.append(chunk(hp[i : i + cg], hr[i : i + cg], tgt[i : i + cg]))
+            if not differentiable:
+                _eval_if_allowed(outs[-1])
+        rows.append(row_of)
+    tok, ref_tok, kl = (mx.concatenate(list(v)) if len(outs) > 1 else v[0] for v in zip(*outs))
+    row_of = np.concatenate(rows)
+    member = np.zeros((n, row_of.size), dtype=np.float32)
+    live = row_of >= 0
+    member[row_of[live], np.flatnonzero(live)] = 1.0  # (N, P') row of each scored position
+    return tok, ref_tok, kl, mx.array(member)
 
 
 _WARNED: set = set()
@@ -286,6 +430,7 @@ def batch_statistics(
     fast: bool = True,
     chunk_size: int | None = None,
     differentiable: bool = True,
+    kl_grad: str = "all",
 ) -> SequenceStatistics:
     """TDPO statistics of a :class:`tdpo_mlx.data.Batch`: the trainer's entry point.
 
@@ -305,6 +450,9 @@ def batch_statistics(
         fast: False calls :func:`model_statistics` (the plain full-logits definition).
         chunk_size: positions per LM-head chunk; default :func:`default_chunk_size`.
         differentiable: False skips the work only backward needs (use for evaluation).
+        kl_grad: ``"all"``, or ``"rejected"`` when the chosen rows' KL gets no gradient (TDPO2's
+            sg(KL_w), Zeng et al. Eq. 18): their KL backward map is then not computed, and a
+            gradient reaching it is dropped.
 
     Returns:
         :class:`SequenceStatistics`, fields (2B,) float32, chosen rows first.
@@ -332,49 +480,26 @@ def batch_statistics(
             )
         return model_statistics(model, batch, reference_model, average_log_prob)
 
+    if kl_grad not in ("all", "rejected"):
+        raise ValueError(f"kl_grad must be 'all' or 'rejected', got {kl_grad!r}")
     inputs = batch.input_ids[:, :-1]
     mask = batch.target_mask
     n, t = mask.shape
-    pos = np.flatnonzero(np.array(mask).reshape(-1))
-    p = int(pos.size)
     c = int(chunk_size or default_chunk_size(pol.vocab))
     if c < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if p < c:
-        c = max(8, -(-p // 8) * 8)
-    n_chunks = max(1, -(-p // c))
-    idx = np.zeros(n_chunks * c, dtype=np.int32)
-    idx[:p] = pos
-    rows = np.zeros((n, n_chunks * c), dtype=np.float32)
-    rows[idx[:p] // t, np.arange(p)] = 1.0  # (N, P') row-membership of each scored position
-    idx_mx = mx.array(idx)
-    rows_mx = mx.array(rows)
+    # rows [0, B) chosen, [B, 2B) rejected: chunk each group on its own, so a chunk's KL
+    # map is either needed or not
+    split = batch.n_pairs if kl_grad == "rejected" and differentiable else n
+    groups = _chunk_plan(mask, c, split)
 
-    tgt = mx.take(batch.targets.reshape(-1), idx_mx).astype(mx.int32)
     hidden = pol.body(inputs)
-    hp = mx.take(hidden.reshape(n * t, -1), idx_mx, axis=0)
     if reference_model is not None:
         ref_hidden = ref.body(inputs)
     else:
         with adapters_disabled(model):
             ref_hidden = ref.body(inputs)
-    hr = mx.stop_gradient(mx.take(ref_hidden.reshape(n * t, -1), idx_mx, axis=0))
-
-    if _has_trainable(pol.module) and differentiable:
-        chunk = _trainable_head_chunk(pol, ref.head)
-    else:
-        chunk = _frozen_head_chunk(pol, ref.head, differentiable)
-    outs = []
-    # Without gradients, finish each chunk before queuing the next (MLX allocates an op's output
-    # when the op is queued, so the queue otherwise runs a few chunks' (C, V) blocks ahead).
-    # Never under value_and_grad: evaluated tracers keep their whole graph alive until backward,
-    # which would hold every chunk's (C, V) blocks (measured: 5x the memory).
-    sync = n_chunks > 1 and not differentiable
-    for i in range(n_chunks):
-        outs.append(chunk(hp[i * c : (i + 1) * c], hr[i * c : (i + 1) * c], tgt[i * c : (i + 1) * c]))
-        if sync:
-            sync = _eval_if_allowed(outs[-1])
-    tok, ref_tok, kl = (mx.concatenate(list(v)) if n_chunks > 1 else v[0] for v in zip(*outs))
+    tok, ref_tok, kl, rows_mx = head_statistics(pol, ref, hidden, ref_hidden, batch, groups, differentiable)
 
     n_tok = mx.sum(mask.astype(mx.float32), axis=-1)
     logps = rows_mx @ tok

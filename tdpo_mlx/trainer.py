@@ -132,7 +132,12 @@ def batch_loss(
         scalar sums over the B pairs for each key of :data:`METRIC_KEYS` (stop-gradient).
     """
     stats = batch_statistics(
-        model, batch, reference_model=reference_model, average_log_prob=average_log_prob, differentiable=differentiable
+        model,
+        batch,
+        reference_model=reference_model,
+        average_log_prob=average_log_prob,
+        differentiable=differentiable,
+        kl_grad="rejected" if loss_type == "tdpo2" else "all",  # TDPO2: sg(KL_w), no map needed
     )
     chosen, rejected = split_pairs(stats)
     out = preference_loss(chosen, rejected, loss_type, beta, alpha)

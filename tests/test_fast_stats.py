@@ -142,8 +142,8 @@ def test_one_chunk_and_auto_chunk_size():
 
 
 def test_default_chunk_size():
-    assert default_chunk_size(262144) == 32  # 32 MiB of float32 logits per chunk
-    assert default_chunk_size(32000) == 256
+    assert default_chunk_size(262144) == 64  # 64 MiB of float32 logits per chunk
+    assert default_chunk_size(32000) == 512
     assert default_chunk_size(100) == 1024
     assert default_chunk_size(10**8) == 8
 
