@@ -199,6 +199,45 @@ def device_info() -> dict:
     return info
 
 
+#: Buffer cache on the CPU backend: this fraction of physical memory, at most CPU_CACHE_MAX bytes.
+CPU_CACHE_FRACTION = 0.125
+CPU_CACHE_MAX = 4 * 2**30
+
+
+def physical_memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes (``sysconf``), or None where unknown."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def set_buffer_cache_from_memory() -> int | None:
+    """On the CPU backend, let MLX keep freed buffers for reuse up to 1/8 of physical memory
+    (at most 4 GiB), instead of returning them to the OS and page-faulting fresh ones.
+
+    MLX's CPU cache limit is small; the training step frees and reallocates the same
+    (chunk, vocab) blocks every chunk, and each fresh 64 MiB block costs page faults: a larger
+    cache measured ~15x faster elementwise ops on fresh outputs (0.5 vs 7.7 ns an element) and
+    seconds per step. Cached buffers are not in use (:func:`peak_memory_gb` does not count them)
+    but stay in the process's resident memory. Metal and CUDA keep MLX's defaults.
+
+    Returns:
+        The limit set in bytes, or None where nothing was changed.
+    """
+    import mlx.core as mx
+
+    total = physical_memory_bytes()
+    if not is_cpu_backend() or not total:
+        return None
+    limit = int(min(total * CPU_CACHE_FRACTION, CPU_CACHE_MAX))
+    previous = mx.set_cache_limit(limit)  # returns the limit it replaces
+    if previous >= limit:  # never shrink a larger limit someone set
+        mx.set_cache_limit(previous)
+        return None
+    return limit
+
+
 def default_compute_dtype():
     """float32 on the CPU backend (no fast bf16 matmul there), bfloat16 on Metal/CUDA."""
     import mlx.core as mx

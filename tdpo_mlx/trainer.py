@@ -35,7 +35,7 @@ from mlx.utils import tree_flatten, tree_map
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 
 from .atomic import write_json
-from .backend import peak_memory_gb
+from .backend import peak_memory_gb, set_buffer_cache_from_memory
 from .checkpoint import (
     ADAPTER_CONFIG,
     CHECKPOINTS,
@@ -330,6 +330,7 @@ def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, tr
         out_dir.mkdir(parents=True, exist_ok=True)
     mx.random.seed(config.seed)
     maybe_set_recommended_wired_limit()  # as mlx-lm's trainer does (None where the device reports no size)
+    set_buffer_cache_from_memory()
     if model is None:
         model, tokenizer = load_policy(config.model, quantize=config.quantize, dtype=config.dtype, **config.lora())
     if reference is None and config.ref_model:

@@ -123,3 +123,20 @@ def test_doctor_compare_measures_wheel_blas():
     # this process on the optimized one, and both multiply correctly
     assert r["baseline"]["blas"]["kind"] is None and r["blas"]["kind"] is not None
     assert r["baseline"]["gflops"] > 0 and r["baseline"]["max_abs_err"] < 1e-2 * 128**0.5
+
+
+def test_buffer_cache_from_memory_on_cpu_only_and_never_shrinks():
+    previous = mx.set_cache_limit(0)
+    try:
+        limit = backend.set_buffer_cache_from_memory()
+        if not backend.is_cpu_backend():
+            assert limit is None
+            return
+        total = backend.physical_memory_bytes()
+        assert limit == int(min(total * backend.CPU_CACHE_FRACTION, backend.CPU_CACHE_MAX)) > 0
+        assert mx.set_cache_limit(limit) == limit  # it is what MLX now uses
+        mx.set_cache_limit(limit * 2)
+        assert backend.set_buffer_cache_from_memory() is None  # a larger limit stays
+        assert mx.set_cache_limit(previous) == limit * 2
+    finally:
+        mx.set_cache_limit(previous)
