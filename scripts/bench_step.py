@@ -55,6 +55,13 @@ def parse_args(argv=None):
     p.add_argument("--grad-checkpoint", action="store_true", help="checkpoint transformer blocks (both steps)")
     p.add_argument("--no-compile", action="store_true", help="do not mx.compile the fast path's chunk kernel")
     p.add_argument("--only", choices=["both", "plain", "fast"], default="both")
+    p.add_argument(
+        "--before",
+        metavar="REV",
+        default=None,
+        help="also time the fast path as of git revision REV (e.g. 8fa47ff), with MLX's default buffer cache",
+    )
+    p.add_argument("--no-breakdown", action="store_true", help="skip the per-part timing of one fast step")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -141,6 +148,116 @@ def make_batch(args, vocab: int):
     return make_batch(pairs)
 
 
+def load_before(rev: str):
+    """tdpo_mlx.fast_stats as of git revision ``rev``, imported as ``tdpo_mlx._fast_stats_before``
+    (its relative imports resolve against today's package)."""
+    import importlib.util
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(
+        ["git", "-C", str(root), "show", f"{rev}:tdpo_mlx/fast_stats.py"], check=True, capture_output=True, text=True
+    ).stdout
+    name = "tdpo_mlx._fast_stats_before"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "tdpo_mlx"
+    sys.modules[name] = mod
+    exec(compile(src, f"{rev}:tdpo_mlx/fast_stats.py", "exec"), mod.__dict__)
+    return mod
+
+
+def body_flops_per_row(model, length: int) -> float:
+    """Forward FLOPs of the transformer body for one row of ``length`` tokens: 2 in out per token
+    for every linear layer of the blocks (LoRA included), plus causal attention
+    (4 heads head_dim per attended key, sliding-window layers capped at their window)."""
+    import mlx.nn as nn
+
+    per_token = 0.0
+    for _, m in (x for layer in model.model.layers for x in layer.named_modules()):
+        if isinstance(m, (nn.Linear, nn.QuantizedLinear)):
+            out_dim, in_dim = m.weight.shape
+            if isinstance(m, nn.QuantizedLinear):
+                in_dim = in_dim * 32 // m.bits
+            per_token += 2.0 * in_dim * out_dim
+        if hasattr(m, "lora_a"):
+            r = m.lora_a.shape[1]
+            per_token += 2.0 * r * (m.lora_a.shape[0] + m.lora_b.shape[1])
+    attn = 0.0
+    for layer in model.model.layers:
+        a = layer.self_attn
+        heads = getattr(a, "n_heads", None) or getattr(a, "num_attention_heads", 0)
+        hd = getattr(a, "head_dim", None) or (a.q_proj.weight.shape[0] // max(heads, 1))
+        window = getattr(model.model, "window_size", None) if getattr(a, "is_sliding", False) else None
+        keys = sum(min(i + 1, window or length) for i in range(length))
+        attn += 4.0 * heads * hd * keys
+    return per_token * length + attn
+
+
+def breakdown(model, batch, value_and_grad, opt, args) -> dict:
+    """Time the parts of one fast training step separately (each evaluated on its own):
+    policy body forward, reference body forward, LM-head/KL chunk loop (forward with its
+    precomputed backward maps), the rest of value_and_grad (the bodies' backward), the
+    optimizer; with FLOPs and the fraction of ``doctor``'s float32 matmul rate."""
+    import time
+
+    import mlx.core as mx
+
+    from tdpo_mlx import fast_stats as stats
+    from tdpo_mlx.models import adapters_disabled
+
+    gflops = backend.matmul_gflops(1024, 5)["gflops"]
+    pol = stats._verified_plan(model)
+    with adapters_disabled(model):
+        ref = stats._head_plan(model)
+    inputs = batch.input_ids[:, :-1]
+    kl_grad = "rejected" if args.loss_type == "tdpo2" else "all"
+    c = args.chunk_size or stats.default_chunk_size(pol.vocab)
+    groups = stats._chunk_plan(batch.target_mask, c, batch.n_pairs if kl_grad == "rejected" else inputs.shape[0])
+
+    def timed(fn):
+        mx.synchronize()
+        t, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        mx.eval(out)
+        return out, time.perf_counter() - t, time.process_time() - cpu
+
+    h, t_pol, c_pol = timed(lambda: pol.body(inputs))
+    with adapters_disabled(model):
+        hr, t_ref, c_ref = timed(lambda: ref.body(inputs))
+    _, t_head, c_head = timed(lambda: stats.head_statistics(pol, ref, h, hr, batch, groups, True)[:3])
+    h = hr = None  # free the hidden states before the full step
+    (loss, g), t_vg, c_vg = timed(lambda: value_and_grad(model))
+    _, t_opt, c_opt = timed(lambda: (opt.update(model, g), model.parameters(), opt.state)[1:])
+
+    n_rows = inputs.shape[0]
+    body_fwd = n_rows * body_flops_per_row(model, inputs.shape[1])  # padded rows: the body runs them whole
+    p = int(mx.sum(batch.target_mask).item())
+    p_kl = int(mx.sum(batch.target_mask[batch.n_pairs :]).item()) if kl_grad == "rejected" else p
+    head_prod = 2.0 * p * pol.vocab * model.model.layers[0].input_layernorm.weight.shape[0]
+    head_fwd = 2 * head_prod
+    head_bwd = head_prod + head_prod * p_kl / p
+    parts = {
+        "policy_body_fwd": (t_pol, c_pol, body_fwd),
+        "reference_body_fwd": (t_ref, c_ref, body_fwd),
+        "head_kl_fwd_and_maps": (t_head, c_head, head_fwd + head_bwd),
+        "body_backward_rest": (t_vg - t_pol - t_ref - t_head, c_vg - c_pol - c_ref - c_head, body_fwd),
+        "optimizer": (t_opt, c_opt, 0.0),
+    }
+    total_t = t_vg + t_opt
+    total_f = sum(v[2] for v in parts.values())
+    print(f"breakdown of one fast step ({n_rows} rows, {p} scored positions, matmul rate {gflops:.0f} GFLOP/s):")
+    out = {}
+    for k, (t, cpu, fl) in parts.items():
+        frac = fl / 1e9 / gflops / t if t > 0 and fl else 0.0
+        print(f"  {k:22s} {t:7.2f} s (CPU {cpu:7.2f} s) {fl / 1e12:6.3f} TFLOP  roofline {frac:5.1%}")
+        out[k] = {"s": t, "cpu_s": cpu, "tflop": fl / 1e12, "roofline": frac}
+    roof = total_f / 1e9 / gflops / total_t
+    print(f"  {'total':22s} {total_t:7.2f} s            {total_f / 1e12:6.3f} TFLOP  roofline {roof:5.1%}")
+    out["total"] = {"s": total_t, "tflop": total_f / 1e12, "roofline": roof, "matmul_gflops": gflops}
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import mlx.core as mx
@@ -150,10 +267,14 @@ def main(argv=None) -> int:
 
     from tdpo_mlx import fast_stats as stats
     from tdpo_mlx.losses import preference_loss
+    from tdpo_mlx.stats import split_pairs
 
     if args.no_compile:
         stats._USE_COMPILE["on"] = False
-    mx.set_cache_limit(1 << 30)  # keep freed buffers from piling up (shared machines)
+    default_cache = mx.set_cache_limit(0)
+    mx.set_cache_limit(default_cache)
+    cache = backend.set_buffer_cache_from_memory() or default_cache
+    print(f"buffer cache: {cache / 2**30:.2f} GiB (MLX default {default_cache / 2**30:.2f} GiB)")
     print(f"device: {backend.device_info()}")
     print(f"BLAS: {backend.blas_info()['note']}")
     model, name, dtype = load_model(args)
@@ -169,19 +290,32 @@ def main(argv=None) -> int:
         f"= {n_tok} tokens per step, loss {args.loss_type}"
     )
 
+    kl_grad = "rejected" if args.loss_type == "tdpo2" else "all"
+
     def loss_fn(fast):
         def f(m):
-            s = stats.batch_statistics(m, batch, fast=fast, chunk_size=args.chunk_size)
-            ch, rj = stats.split_pairs(s)
+            s = stats.batch_statistics(m, batch, fast=fast, chunk_size=args.chunk_size, kl_grad=kl_grad)
+            ch, rj = split_pairs(s)
             return preference_loss(ch, rj, args.loss_type, args.beta, args.alpha).losses.mean()
 
         return f
 
     vg = {k: nn.value_and_grad(model, loss_fn(k == "fast")) for k in ("plain", "fast")}
+    if args.before:
+        old = load_before(args.before)
+
+        def before_loss(m):
+            s = old.batch_statistics(m, batch, fast=True, chunk_size=args.chunk_size)
+            ch, rj = split_pairs(s)
+            return preference_loss(ch, rj, args.loss_type, args.beta, args.alpha).losses.mean()
+
+        vg["before"] = nn.value_and_grad(model, before_loss)
     opt = optim.AdamW(learning_rate=1e-6)
 
     # --- parity on identical parameters (also the untimed warm-up of each kind) ---
     kinds = ["plain", "fast"] if args.only == "both" else [args.only]
+    if args.before:
+        kinds.append("before")
     result: dict = {}
     if args.only == "both":
         sp = stats.batch_statistics(model, batch, fast=False)
@@ -217,10 +351,14 @@ def main(argv=None) -> int:
         )
         del grads, gp, gf
     else:
-        loss, g = vg[args.only](model)
-        mx.eval(loss, g)
+        for k in kinds:
+            loss, g = vg[k](model)
+            mx.eval(loss, g)
+    if not args.no_breakdown:
+        result["breakdown"] = breakdown(model, batch, vg["fast"], opt, args)
 
     def step(kind):
+        mx.set_cache_limit(default_cache if kind == "before" else cache)
         mx.clear_cache()
         mx.reset_peak_memory()
         t, c = time.perf_counter(), time.process_time()
@@ -249,6 +387,9 @@ def main(argv=None) -> int:
         result[f"{k}_tokens_per_s"] = n_tok / med
         result[f"{k}_cpu_s"] = statistics.median(cpu[k])  # less sensitive to other processes
         print(f"{k:5s}: median {med:.2f} s/step, {n_tok / med:.1f} tokens/s, peak {max(peaks[k]):.2f} GB")
+    if "before" in kinds:
+        result["fast_over_before"] = result["fast_step_s"] / result["before_step_s"]
+        print(f"fast/before: step time {result['fast_over_before']:.3f}x")
     if args.only == "both":
         result["step_ratio"] = result["fast_step_s"] / result["plain_step_s"]
         result["memory_ratio"] = result["fast_peak_gb"] / result["plain_peak_gb"]
