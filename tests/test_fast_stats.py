@@ -305,3 +305,27 @@ def test_real_gemma_fast_equals_plain(gemma_dir):
     diff = sum(float(mx.sum((gp[k] - gf[k]) ** 2)) for k in gp) ** 0.5
     norm = sum(float(mx.sum(gp[k] ** 2)) for k in gp) ** 0.5
     assert norm > 0 and diff / norm < 5e-3
+
+
+def test_dora_values_and_gradients():
+    model = _llama(False)
+    model.freeze()
+    linear_to_lora_layers(model, 2, {"rank": 4, "scale": 2.0, "dropout": 0.0}, use_dora=True)
+    key = mx.random.key(5)
+    for _, m in model.named_modules():
+        if hasattr(m, "lora_b"):
+            key, sub = mx.random.split(key)
+            m.lora_b = 0.05 * mx.random.normal(m.lora_b.shape, key=sub)
+    mx.eval(model.parameters())
+    _check(model, _batch())
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_qlora_quantized_head_values_and_gradients(tied):
+    """A quantized base (QLoRA): the tied head is a QuantizedEmbedding (target rows looked up,
+    dequantized), the untied one a QuantizedLinear (target rows through the one-hot VJP)."""
+    model = _llama(tied)
+    nn.quantize(model, group_size=64, bits=4)
+    head = stats._head_plan(model).module
+    assert isinstance(head, nn.QuantizedEmbedding if tied else nn.QuantizedLinear)
+    _check(_lora(model), _batch())
