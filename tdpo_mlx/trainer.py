@@ -49,6 +49,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import BatchIterator, load_train_eval, make_batch
+from .data import eval_batches as make_eval_batches
 from .data import pad_id as data_pad_id
 from .distributed import World, check_global_batch, init_world, shard
 from .fast_stats import batch_statistics, enable_grad_checkpoint
@@ -343,9 +344,7 @@ def setup(config: TrainConfig, *, model=None, tokenizer=None, reference=None, tr
     pad_id = data_pad_id(tokenizer)
     batches = BatchIterator(train_pairs, config.batch_size, seed=config.seed, pad_id=pad_id)
     eval_pairs = list(eval_pairs or [])
-    eval_batches = [
-        make_batch(eval_pairs[i : i + config.batch_size], pad_id) for i in range(0, len(eval_pairs), config.batch_size)
-    ]
+    eval_batches = make_eval_batches(eval_pairs, config.batch_size, pad_id)  # sorted by length: little padding
     total = _total_steps(config, batches.batches_per_epoch)
     run = Run(
         config=config,

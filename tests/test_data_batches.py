@@ -170,3 +170,30 @@ def test_split_holdout_deterministic_disjoint_complete():
         split_holdout(pairs, 1.0, 0)
     with pytest.raises(ValueError):
         split_holdout(_pairs(1), 0.5, 0)
+
+
+def test_eval_batches_sorted_by_length_every_pair_once():
+    from tdpo_mlx.data import eval_batches
+
+    rng = np.random.default_rng(0)
+    pairs = [
+        EncodedPair([1] * int(rng.integers(1, 30)), [2] * int(rng.integers(1, 30)), [3] * int(rng.integers(1, 30)), i)
+        for i in range(11)
+    ]
+    batches = eval_batches(pairs, 4, pad_id=0)
+    assert [b.n_pairs for b in batches] == [4, 4, 3]
+    widths = [b.input_ids.shape[1] for b in batches]
+    assert widths == sorted(widths)
+    assert widths[-1] == max(p.max_length for p in pairs)
+    # every pair once: the multiset of (prompt, chosen, rejected) lengths is kept
+    seen = sorted(
+        (int(b.prompt_lengths[i]), int(b.lengths[i]), int(b.lengths[i + b.n_pairs]))
+        for b in batches
+        for i in range(b.n_pairs)
+    )
+    want = sorted(
+        (len(p.prompt_ids), len(p.prompt_ids + p.chosen_ids), len(p.prompt_ids + p.rejected_ids)) for p in pairs
+    )
+    assert seen == want
+    unsorted = [make_batch(pairs[i : i + 4]) for i in range(0, 11, 4)]
+    assert sum(b.input_ids.size for b in batches) < sum(b.input_ids.size for b in unsorted)

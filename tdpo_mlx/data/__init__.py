@@ -4,10 +4,10 @@
 - :mod:`.encode`: token rules (BOS/EOS, chat templates, response boundaries) and truncation.
 - :mod:`.load`: :func:`load_preference_data` (the entry point) and :func:`split_holdout`.
 - :mod:`.batches`: :class:`EncodedPair`, :class:`Batch`, :func:`make_batch`, :func:`pad_id`,
-  :class:`BatchIterator`.
+  :class:`BatchIterator`, :func:`eval_batches`.
 """
 
-from .batches import Batch, BatchIterator, EncodedPair, make_batch, pad_id, response_target_mask
+from .batches import Batch, BatchIterator, EncodedPair, eval_batches, make_batch, pad_id, response_target_mask
 from .encode import DataSummary, TokenRules
 from .load import load_preference_data, load_train_eval, split_holdout
 from .sources import DataError
@@ -18,6 +18,7 @@ __all__ = [
     "DataError",
     "DataSummary",
     "EncodedPair",
+    "eval_batches",
     "TokenRules",
     "load_preference_data",
     "load_train_eval",
