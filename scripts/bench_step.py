@@ -17,8 +17,13 @@ than 20 GB (four (4, 511, 262144) float32 tensors and their gradients); on a sma
 ``--prompt-len 128 --response-len 128``, or ``--only fast`` to measure the fast step alone. ``--tiny`` uses a small random
 Gemma-3-shaped model (runs in seconds). The last line printed is one JSON object.
 
+Real data (``--data``): N steps over real pairs with the trainer's batching, real (non-padding)
+tokens per second, padding, prompt tokens computed twice, eval seconds per pair; ``--before REV``
+runs the same with the fast path of that git revision (MLX's default buffer cache, unsorted eval).
+
 Example:
     nice python scripts/bench_step.py --steps 3
+    python scripts/bench_step.py --data ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz --pairs 4 --steps 6 --before 8fa47ff
     python scripts/bench_step.py --tiny
 """
 
@@ -62,6 +67,15 @@ def parse_args(argv=None):
         help="also time the fast path as of git revision REV (e.g. 8fa47ff), with MLX's default buffer cache",
     )
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-part timing of one fast step")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="real-data mode: N (--steps) training steps over this preference file with the trainer's batching "
+        "(--pairs pairs a batch, --max-length), then evaluation of --eval-pairs held-out pairs; with --before REV "
+        "the same run on the fast path as of REV",
+    )
+    p.add_argument("--max-length", type=int, default=512, help="real-data mode: maximum prompt + response tokens")
+    p.add_argument("--eval-pairs", type=int, default=16, help="real-data mode: held-out pairs evaluated")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -258,6 +272,107 @@ def breakdown(model, batch, value_and_grad, opt, args) -> dict:
     return out
 
 
+def real_data(args, model, name) -> int:
+    """``--data``: N training steps over real pairs (the trainer's BatchIterator) and an evaluation
+    of held-out pairs, per kind (fast, and ``before`` with ``--before``), side by side."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    from mlx_lm.utils import load_tokenizer
+
+    from tdpo_mlx import fast_stats
+    from tdpo_mlx.config import TrainConfig
+    from tdpo_mlx.data import BatchIterator, eval_batches, load_train_eval
+    from tdpo_mlx.data import make_batch as pad_batch
+    from tdpo_mlx.gguf import resolve_model_path
+    from tdpo_mlx.losses import preference_loss
+    from tdpo_mlx.stats import split_pairs
+
+    tok = load_tokenizer(Path(resolve_model_path(args.model)))
+    cfg = TrainConfig(model=args.model, data=args.data, max_length=args.max_length, batch_size=args.pairs)
+    train_pairs, held = load_train_eval(cfg, tok, log=lambda *a: None)
+    held = held[: args.eval_pairs]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    print(f"data: {args.data}: {len(train_pairs)} train pairs, {len(held)} held-out pairs evaluated")
+    kl_grad = "rejected" if args.loss_type == "tdpo2" else "all"
+    default_cache = mx.set_cache_limit(0)
+    mx.set_cache_limit(default_cache)
+    kinds = {"fast": fast_stats}
+    if args.before:
+        kinds["before"] = load_before(args.before)
+    result: dict = {"model": name, "data": args.data, "steps": args.steps, "pairs": args.pairs}
+    for kind, mod in kinds.items():
+        mx.set_cache_limit(default_cache)
+        if kind == "fast":
+            backend.set_buffer_cache_from_memory()
+        kw = {"kl_grad": kl_grad} if kind == "fast" else {}
+
+        def loss_fn(m, b, mod=mod, kw=kw):
+            s = mod.batch_statistics(m, b, **kw)
+            return preference_loss(*split_pairs(s), args.loss_type, args.beta, args.alpha).losses.mean()
+
+        vg = nn.value_and_grad(model, loss_fn)
+        opt = optim.AdamW(learning_rate=0.0)  # parameters unchanged: both kinds see the same model
+        it = BatchIterator(train_pairs, args.pairs, seed=args.seed, pad_id=pad_id)
+        real = padded = prompt = 0
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(args.steps):
+            b = next(it)
+            loss, g = vg(model, b)
+            opt.update(model, g)
+            mx.eval(loss, model.parameters(), opt.state)
+            real += int(b.lengths.sum().item())
+            padded += int(b.input_ids.size)
+            prompt += int(b.prompt_lengths[: b.n_pairs].sum().item())
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        batches = (
+            eval_batches(held, args.pairs, pad_id)
+            if kind == "fast"
+            else [pad_batch(held[i : i + args.pairs], pad_id) for i in range(0, len(held), args.pairs)]
+        )
+        e0, ec0 = time.perf_counter(), time.process_time()
+        model.eval()
+        for b in batches:
+            s = mod.batch_statistics(model, b, differentiable=False)
+            mx.eval(preference_loss(*split_pairs(s), args.loss_type, args.beta, args.alpha).losses)
+        model.train()
+        edt, edc = time.perf_counter() - e0, time.process_time() - ec0
+        pairs = args.steps * args.pairs
+        r = {
+            "train_s_per_step": dt / args.steps,
+            "train_cpu_s_per_step": dc / args.steps,
+            "real_tokens_per_s": real / dt,
+            "real_tokens_per_cpu_s": real / dc,
+            "padding_fraction": 1 - real / padded,
+            "prompt_tokens_recomputed": prompt,
+            "prompt_share_of_body_tokens": prompt / real,
+            "train_s_per_pair": dt / pairs,
+            "eval_s_per_pair": edt / max(len(held), 1),
+            "eval_cpu_s_per_pair": edc / max(len(held), 1),
+        }
+        r["eval_over_train_per_pair"] = r["eval_s_per_pair"] / r["train_s_per_pair"]
+        result[kind] = r
+        print(
+            f"{kind:6s}: {r['train_s_per_step']:.2f} s/step (CPU {r['train_cpu_s_per_step']:.2f}), "
+            f"{r['real_tokens_per_s']:.1f} real tokens/s, padding {r['padding_fraction']:.1%}, "
+            f"prompt tokens computed twice {prompt} ({r['prompt_share_of_body_tokens']:.0%} of real tokens; "
+            f"not shared yet), eval {r['eval_s_per_pair']:.2f} s/pair (CPU {r['eval_cpu_s_per_pair']:.2f}) = "
+            f"{r['eval_over_train_per_pair']:.2f}x train s/pair",
+            flush=True,
+        )
+    if "before" in result:
+        result["real_tokens_per_s_ratio"] = result["fast"]["real_tokens_per_s"] / result["before"]["real_tokens_per_s"]
+        result["real_tokens_per_cpu_s_ratio"] = (
+            result["fast"]["real_tokens_per_cpu_s"] / result["before"]["real_tokens_per_cpu_s"]
+        )
+        print(
+            f"fast/before real tokens/s: {result['real_tokens_per_s_ratio']:.2f}x "
+            f"(per CPU second {result['real_tokens_per_cpu_s_ratio']:.2f}x)"
+        )
+    print(json.dumps(result))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import mlx.core as mx
@@ -281,6 +396,8 @@ def main(argv=None) -> int:
     if args.grad_checkpoint:
         stats.enable_grad_checkpoint(model)
     n_lora = attach_lora(model, args.lora_rank, args.seed)
+    if args.data:
+        return real_data(args, model, name)
     vocab = stats._head_plan(model).vocab
     batch = make_batch(args, vocab)
     n_tok = 2 * args.pairs * (args.prompt_len + args.response_len)
