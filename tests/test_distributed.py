@@ -153,7 +153,10 @@ def test_uneven_last_micro_batch(model_dir, tmp_path):
     _single(model_dir, tmp_path / "single", **kw)
     outs, _ = _launch(tmp_path, _config(model_dir, tmp_path / "dist", **kw))
     assert [rc for rc, _ in outs] == [0, 0], outs
-    _same_run(tmp_path / "dist", tmp_path / "single")
+    # micro-batches of 2 and 1 here vs 2, 2, 2 in the single run: products of other shapes round
+    # differently (~1e-7 relative in the gradients); Adam turns that into up to ~2e-5 on weights
+    # whose gradient is near zero (measured with the fast path's stacked head products)
+    _same_run(tmp_path / "dist", tmp_path / "single", atol=5e-5)
 
 
 def test_ctrl_c_on_one_rank_stops_both_and_resume_matches(model_dir, dist_run, tmp_path):
