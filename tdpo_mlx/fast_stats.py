@@ -291,7 +291,6 @@ def _frozen_head_chunk(pol: _HeadPlan, ref: _HeadPlan, differentiable: bool, kl_
 
     @mx.custom_function
     def chunk(hp, hr, tgt):
-        hp, hr = _detached(hp), _detached(hr)
         c = hp.shape[0]
         tok, ref_tok, kl, p, dc_t = terms(logits(hp, hr), tgt)
         if not kl_grad:
@@ -300,9 +299,9 @@ def _frozen_head_chunk(pol: _HeadPlan, ref: _HeadPlan, differentiable: bool, kl_
         _, (a,) = mx.vjp(lambda x: pol.head(x).astype(mx.float32), [h], [p])
         d_tok = dc_t[:, None] * _target_rows(pol, tgt, hp).astype(mx.float32) - a[:c]
         d_kl = a[:c] - a[c:] if kl_grad else mx.zeros_like(d_tok)
-        res = (tok, ref_tok, kl, d_tok.astype(hp.dtype), d_kl.astype(hp.dtype))
-        _eval_if_allowed(res)  # frees this chunk's (C, V) blocks before the next is queued
-        return res
+        # No eval here: evaluating arrays inside the value_and_grad trace keeps every chunk's
+        # (C, V) blocks alive until backward (measured: 21 GB instead of 5.9 GB at the benchmark shape).
+        return (tok, ref_tok, kl, d_tok.astype(hp.dtype), d_kl.astype(hp.dtype))
 
     @chunk.vjp
     def chunk_vjp(primals, cotangents, outputs):
