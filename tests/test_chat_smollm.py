@@ -6,11 +6,16 @@ import importlib.util
 import json
 import pathlib
 
+import numpy as np
 import pytest
+from gguf import GGMLQuantizationType as Q
+from support.gguf_files import random_llama_hf, sentencepiece_vocab, write_llama_like
+from transformers import AutoTokenizer
 
 from tdpo_mlx.cli import main
 from tdpo_mlx.data import load_preference_data
-from tdpo_mlx.gguf import read_gguf
+from tdpo_mlx.generation import chat_prompts
+from tdpo_mlx.gguf import import_gguf, read_gguf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("hh_to_chat", ROOT / "scripts" / "hh_to_chat.py")
@@ -59,8 +64,6 @@ def test_hh_to_messages_turns():
 
 @pytest.fixture(scope="module")
 def smollm_tok(smollm_dir):
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(smollm_dir)
 
 
@@ -137,14 +140,6 @@ def test_chat_end_to_end_cli(smollm_dir, tmp_path, capsys):
 def test_chat_prompts_hold_bos_once(tmp_path):
     """--chat renders each prompt with the template; a BOS the template writes is left to the
     tokenizer's encode when that adds one (Gemma-style), so the ids hold BOS once."""
-    import numpy as np
-    from gguf import GGMLQuantizationType as Q
-    from test_gguf_import import random_llama_hf, sentencepiece_vocab, write_llama_like
-    from transformers import AutoTokenizer
-
-    from tdpo_mlx.generation import chat_prompts
-    from tdpo_mlx.gguf import import_gguf
-
     src = tmp_path / "sp.gguf"
     hf = random_llama_hf(np.random.default_rng(0), len(sentencepiece_vocab()[0]))
     write_llama_like(src, "llama", hf, {"default": Q.F32})

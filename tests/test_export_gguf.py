@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter
-from support.models import make_adapter, make_model_dir, mlx_logits
-from test_gguf_import import (
+from support.gguf_files import (
     GEMMA_HF_TO_GGUF,
     add_tensor,
     byte_level_vocab,
@@ -24,6 +23,7 @@ from test_gguf_import import (
     write_header,
     write_llama_like,
 )
+from support.models import make_adapter, make_model_dir, mlx_logits
 
 from tdpo_mlx.cli import main
 from tdpo_mlx.export import export

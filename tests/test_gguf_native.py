@@ -11,8 +11,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
+from support.gguf_files import random_llama_hf, sentencepiece_vocab, write_llama_like
 from support.models import make_adapter, mlx_logits
-from test_gguf_import import random_llama_hf, sentencepiece_vocab, write_llama_like
 
 from tdpo_mlx.export import export
 from tdpo_mlx.gguf import import_gguf, read_gguf

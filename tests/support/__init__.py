@@ -4,5 +4,6 @@
   random LoRA/DoRA adapters, a float32 reference forward;
 - :mod:`.chat_tokenizers`: small byte-level BPE tokenizers with chat templates for the data tests;
 - :mod:`.pairs`: random encoded preference pairs;
+- :mod:`.gguf_files`: tiny GGUF files (random llama-style weights, SentencePiece/byte-level vocabularies);
 - :mod:`.no_torch`: the torch blocker of the torch-free tests.
 """
