@@ -18,7 +18,8 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from tdpo_mlx.data import DataError, load_preference_data, make_batch
-from tdpo_mlx.data.encode import TokenRules, truncate_pair
+from tdpo_mlx.data.rules import TokenRules
+from tdpo_mlx.data.truncate import truncate_pair
 from tdpo_mlx.losses import LOSS_TYPES, pair_metrics, preference_loss
 from tdpo_mlx.stats import reduce_statistics, sequence_statistics, split_pairs
 

@@ -100,7 +100,7 @@ def run(args) -> int:
     if getattr(args, "data_command", None) != "inspect":
         raise UserError("choose an action: tdpo-mlx data inspect --model MODEL --data FILE")
     from tdpo_mlx.data import load_preference_data
-    from tdpo_mlx.data.encode import TokenRules, load_chat_template
+    from tdpo_mlx.data.rules import TokenRules, load_chat_template
     from tdpo_mlx.data.sources import check_data_path
 
     check_model(args.model)

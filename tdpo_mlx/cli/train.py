@@ -94,7 +94,7 @@ def check_inputs(config: TrainConfig, overwrite: bool = False) -> None:
         UserError (NotFoundError, AlreadyExistsError): naming the option.
     """
     from ..checkpoint import find_checkpoint
-    from ..data.encode import load_chat_template
+    from ..data.rules import load_chat_template
     from ..data.sources import check_data_path
     from ..report import check_report_to
 

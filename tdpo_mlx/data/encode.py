@@ -34,143 +34,16 @@ Token rules (issue 3; cases D1-D9 in ``../shared/cases/preference-data.md``):
   error naming the record. Whitespace after the final end-of-turn token is dropped and
   repeated end tokens collapse to one (D1); if the template ends a reply without a special
   token, EOS is appended.
-- **Truncation** (:func:`truncate_pair`): budget from the longer response; the prompt is cut
-  only as much as needed but kept at >= ``max_prompt_length`` tokens (keep_end keeps its last
-  tokens, keep_start its first; BOS always stays); then responses are cut to what is left.
+
+Truncation is :mod:`.truncate`, the load summary :mod:`.summary`, the tokenizer wrapper :mod:`.rules`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
-import numpy as np
-from mlx_lm.tokenizer_utils import TokenizerWrapper
-
-from ..errors import UserError, read_text
+from .rules import TokenRules
 from .sources import DataError, PreferenceRecord, RecordRefused
 
 HH_MARKER = "\n\nAssistant:"
-TRUNCATION_MODES = ("keep_end", "keep_start")
-
-DROP_REASONS = {
-    "empty_response": "empty (or whitespace-only) response",
-    "identical_responses": "chosen == rejected",
-    "histories_differ": "chosen/rejected differ before the last reply",
-    "identical_after_truncation": "chosen == rejected after truncation",
-    "special_token_in_response": "BOS or an end token inside a response",
-    "empty_prompt": "empty prompt with a tokenizer without BOS",
-    "too_long": "a response would be truncated away",
-    "decode_mismatch": "no tokenization decodes back to prompt + response exactly",
-}
-
-
-REPAIRS = {
-    "prompt_in_responses": "records repeated the prompt at the start of both responses "
-    "(removed from the responses; it is scored nowhere)"
-}
-
-
-class TokenRules:
-    """A tokenizer plus the decisions the token rules need.
-
-    Args:
-        tokenizer: a ``transformers`` tokenizer or an mlx-lm ``TokenizerWrapper`` (its extra
-            ``eos_token_ids`` count as end tokens).
-        chat_template: a Jinja template string or a path to a file holding one; overrides the
-            tokenizer's template.
-        add_bos: force BOS on/off; None follows the tokenizer (see module docstring).
-
-    Raises:
-        ValueError: the tokenizer has no EOS token; the chat_template file is missing.
-    """
-
-    def __init__(self, tokenizer, *, chat_template: str | None = None, add_bos: bool | None = None):
-        extra_eos: set[int] = set()
-        if isinstance(tokenizer, TokenizerWrapper):
-            extra_eos = set(tokenizer.eos_token_ids or ())
-            tokenizer = tokenizer._tokenizer
-        self.tok = tokenizer
-        self.bos_id = getattr(tokenizer, "bos_token_id", None)
-        self.eos_id = getattr(tokenizer, "eos_token_id", None)
-        if self.eos_id is None:
-            raise UserError("the tokenizer has no EOS token (eos_token_id is None); responses need one")
-        if add_bos is None:
-            add_bos = self.bos_id is not None and list(tokenizer.encode("a"))[:1] == [self.bos_id]
-        if add_bos and self.bos_id is None:
-            raise UserError("add_bos=True but the tokenizer has no BOS token")
-        self.add_bos = bool(add_bos)
-        special = set(getattr(tokenizer, "all_special_ids", ()) or ())
-        for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
-            if getattr(t, "special", False):
-                special.add(int(i))
-        self.special_ids = special | extra_eos | {self.eos_id}
-        self.end_ids = extra_eos | {self.eos_id}
-        self.chat_template = load_chat_template(chat_template)
-        # the Rust tokenizer decodes the same text without transformers' per-call overhead
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._backend = (
-            backend if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False) else None
-        )
-
-    # -- text <-> ids
-    def encode(self, text: str) -> list[int]:
-        """Ids of ``text`` without special tokens added (special-token strings still parse)."""
-        return [int(i) for i in self.tok.encode(text, add_special_tokens=False)]
-
-    def decode(self, ids) -> str:
-        """Text of ``ids`` with special tokens, no clean-up of spaces."""
-        ids = [int(i) for i in ids]
-        if self._backend is not None:
-            return self._backend.decode(ids, skip_special_tokens=False)
-        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def offsets(self, text: str):
-        """(ids, char offsets) or (ids, None) for tokenizers without offset mapping."""
-        try:
-            enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
-            return [int(i) for i in enc["input_ids"]], [tuple(o) for o in enc["offset_mapping"]]
-        except (NotImplementedError, TypeError, ValueError, KeyError):
-            return self.encode(text), None
-
-    # -- chat
-    @property
-    def has_template(self) -> bool:
-        return bool(self.chat_template or getattr(self.tok, "chat_template", None))
-
-    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        if not self.has_template:
-            raise DataError(
-                "conversational data needs a chat template but the tokenizer has none; "
-                "pass --chat-template FILE.jinja (chat_template= in Python)"
-            )
-        kw = {"chat_template": self.chat_template} if self.chat_template else {}
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kw)
-
-    def strip_bos(self, ids: list[int]) -> tuple[list[int], bool]:
-        """Leading BOS ids removed; whether there was one."""
-        k = 0
-        while self.bos_id is not None and k < len(ids) and ids[k] == self.bos_id:
-            k += 1
-        return ids[k:], k > 0
-
-    def with_bos(self, ids: list[int], force: bool = False) -> list[int]:
-        body, _ = self.strip_bos(ids)
-        return ([self.bos_id] if (self.add_bos or force) else []) + body
-
-
-def load_chat_template(chat_template: str | None) -> str | None:
-    """A template string from ``chat_template`` (a Jinja string or a path to a file)."""
-    if chat_template is None:
-        return None
-    if "{%" in chat_template or "{{" in chat_template:
-        return chat_template
-    text = read_text(chat_template, "chat template file (.jinja)", "--chat-template")
-    if not text.strip():
-        raise UserError(f"--chat-template {chat_template}: the file is empty")
-    return text
-
-
-# ----------------------------------------------------------------------------- plain text
 
 
 def split_implicit(
@@ -225,7 +98,7 @@ def encode_response_text(rules: TokenRules, text: str, where: str, name: str) ->
     ids = _drop_trailing_ends(rules, ids)
     if not ids:
         raise RecordRefused("empty_response", f"{where}: the {name} response has no tokens besides end tokens")
-    if (rules.bos_id is not None and rules.bos_id in ids) or any(i in rules.end_ids for i in ids):
+    if rules.holds_bos_or_end(ids):
         raise RecordRefused(
             "special_token_in_response",
             f"{where}: the {name} response holds a BOS or end-of-sequence token inside its text",
@@ -356,13 +229,10 @@ def _moved_seam(rules: TokenRules, prompt: str, joint: list[list[int]], texts: l
         resp = _drop_trailing_ends(rules, j[k:])
         if not resp or rules.decode(j[:k] + resp) != want + text:
             return None
-        if (rules.bos_id is not None and rules.bos_id in resp) or any(i in rules.end_ids for i in resp):
+        if rules.holds_bos_or_end(resp):
             return None
         out.append(resp + [rules.eos_id])
     return tuple(out)
-
-
-# ----------------------------------------------------------------------------- conversations
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -439,188 +309,32 @@ def encode_chat_record(rules: TokenRules, rec: PreferenceRecord):
     b = max(min(_common_prefix(p_ids, c_ids), _common_prefix(p_ids, r_ids)), len(h_ids))
     template_bos = rules.bos_id is not None and p_ids[:1] == [rules.bos_id]
     prompt = rules.with_bos(c_ids[:b], force=template_bos)
-    out = []
-    for name, full, msgs in (("chosen", c_ids, rec.chosen), ("rejected", r_ids, rec.rejected)):
-        resp = _finish_reply(rules, full[b:])
-        body = resp[:-1]
-        if not body:
-            raise RecordRefused("empty_response", f"{where}: the {name} reply renders to no tokens")
-        if (rules.bos_id is not None and rules.bos_id in resp) or any(i in rules.end_ids for i in body):
-            raise RecordRefused(
-                "special_token_in_response", f"{where}: the {name} reply holds a BOS or end token inside it"
-            )
-        text = rules.decode(resp)
-        for m in msgs:
-            want = _content_text(m["content"]).strip()
-            if want and want not in text:
-                raise DataError(
-                    f"{where}: the {name} reply's text is not in its scored tokens after the chat "
-                    f"template (boundary at token {b}); the template alters or drops the reply. "
-                    "Use another template (--chat-template)"
-                )
-        out.append(resp)
-    if out[0] == out[1]:
+    c = _chat_reply(rules, c_ids[b:], rec.chosen, f"{where}: the chosen reply", b)
+    r = _chat_reply(rules, r_ids[b:], rec.rejected, f"{where}: the rejected reply", b)
+    if c == r:
         raise RecordRefused("identical_responses", f"{where}: chosen and rejected render to the same ids")
-    return prompt, out[0], out[1], 0
+    return prompt, c, r, 0
 
 
-# ----------------------------------------------------------------------------- truncation
-
-
-def truncate_pair(
-    prompt: list[int],
-    chosen: list[int],
-    rejected: list[int],
-    *,
-    max_length: int,
-    max_prompt_length: int,
-    truncation_mode: str = "keep_end",
-    keep_first: int = 0,
-):
-    """Fit a pair into ``max_length`` tokens per sequence.
-
-    Budget from the longer response R: if ``len(prompt) + R <= max_length`` nothing changes.
-    Else the prompt keeps ``min(len(prompt), max(max_length - R, max_prompt_length))`` tokens
-    (keep_end: its last ones, keep_start: its first ones; the first ``keep_first`` tokens, the
-    BOS, always stay), and both responses are cut to their first ``max_length - len(prompt)``
-    tokens (a cut response loses its EOS). Both sequences keep the same prompt ids.
-
-    Returns:
-        (prompt, chosen, rejected, prompt_cut: bool, response_cut: bool).
+def _chat_reply(rules: TokenRules, ids: list[int], msgs: list[dict], what: str, boundary: int) -> list[int]:
+    """Scored ids of one rendered reply (the ids after the boundary), checked to hold its text.
 
     Raises:
-        ValueError: bad limits or mode.
+        RecordRefused: ``empty_response``, ``special_token_in_response``.
+        DataError: the reply's text is not in its decoded ids (the template alters it).
     """
-    if truncation_mode not in TRUNCATION_MODES:
-        raise UserError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
-    if not 1 <= max_prompt_length < max_length:
-        raise UserError(
-            f"need 1 <= max_prompt_length < max_length, got max_prompt_length="
-            f"{max_prompt_length}, max_length={max_length} (--max-prompt-length, --max-length)"
-        )
-    longest = max(len(chosen), len(rejected))
-    if len(prompt) + longest <= max_length:
-        return prompt, chosen, rejected, False, False
-    keep = min(len(prompt), max(max_length - longest, max_prompt_length))
-    prompt_cut = keep < len(prompt)
-    if prompt_cut:
-        head = prompt[: min(keep_first, keep)]
-        n = keep - len(head)
-        body = prompt[len(head) :]
-        body = body[len(body) - n :] if truncation_mode == "keep_end" else body[:n]
-        prompt = head + body
-    room = max_length - len(prompt)
-    response_cut = longest > room
-    return prompt, chosen[:room], rejected[:room], prompt_cut, response_cut
-
-
-# ----------------------------------------------------------------------------- summary
-
-
-def _percentiles(values) -> dict:
-
-    if not values:
-        return {}
-    a = np.asarray(values)
-    return {
-        "min": int(a.min()),
-        "p50": float(np.percentile(a, 50)),
-        "p90": float(np.percentile(a, 90)),
-        "p99": float(np.percentile(a, 99)),
-        "max": int(a.max()),
-        "mean": float(a.mean()),
-    }
-
-
-@dataclass
-class DataSummary:
-    """What loading did.
-
-    Attributes:
-        source, split, data_format: what was read and how it was understood.
-        records: records read.
-        kept: pairs kept.
-        dropped: reason -> count (reasons in :data:`DROP_REASONS`).
-        dropped_examples: reason -> first 5 record locations (file:line (record i)).
-        dropped_records: reason -> first 20 record indices.
-        repaired: repair -> count of kept records fixed on load (``prompt_in_responses``: the
-            prompt was repeated at the start of both responses and removed from them).
-        prompt_cut / response_cut: kept pairs whose prompt / a response was truncated.
-        decode_mismatches: pairs dropped because no tokenization decodes back to prompt +
-            response (the ``decode_mismatch`` drop reason).
-        prompt_lengths / response_lengths / sequence_lengths: percentiles (tokens) of the kept
-            pairs before truncation (prompt, each response) and after it (longer sequence).
-        seconds: wall time of the load.
-        max_length / max_prompt_length / truncation_mode: the limits used.
-    """
-
-    source: str = ""
-    split: str = ""
-    data_format: str = ""
-    records: int = 0
-    kept: int = 0
-    dropped: dict = field(default_factory=dict)
-    dropped_examples: dict = field(default_factory=dict)
-    dropped_records: dict = field(default_factory=dict)
-    repaired: dict = field(default_factory=dict)
-    prompt_cut: int = 0
-    response_cut: int = 0
-    prompt_lengths: dict = field(default_factory=dict)
-    response_lengths: dict = field(default_factory=dict)
-    sequence_lengths: dict = field(default_factory=dict)
-    seconds: float = 0.0
-    max_length: int = 0
-    max_prompt_length: int = 0
-    truncation_mode: str = ""
-
-    @property
-    def decode_mismatches(self) -> int:
-        return self.dropped.get("decode_mismatch", 0)
-
-    def drop(self, reason: str, where: str, index: int = -1) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        ex = self.dropped_examples.setdefault(reason, [])
-        if len(ex) < 5:
-            ex.append(where)
-        ids = self.dropped_records.setdefault(reason, [])
-        if len(ids) < 20:
-            ids.append(index)
-
-    def format(self) -> str:
-        """Human-readable multi-line summary."""
-        lines = [
-            f"data: {self.source} [{self.split}] format={self.data_format}",
-            f"  records read {self.records}, pairs kept {self.kept}, dropped {sum(self.dropped.values())}"
-            f"  ({self.seconds:.2f} s)",
-        ]
-        for reason, n in sorted(self.dropped.items()):
-            ex = ", ".join(str(i) for i in self.dropped_records.get(reason, []))
-            more = ", ..." if n > len(self.dropped_records.get(reason, [])) else ""
-            lines.append(f"    dropped {n:>6} {DROP_REASONS.get(reason, reason)} (records {ex}{more})")
-        for name, n in sorted(self.repaired.items()):
-            lines.append(f"    repaired {n:>5} {REPAIRS.get(name, name)}")
-        lines.append(
-            f"  truncation max_length={self.max_length} max_prompt_length={self.max_prompt_length} "
-            f"mode={self.truncation_mode}: prompt cut in {self.prompt_cut}, "
-            f"a response cut in {self.response_cut} pairs"
-        )
-        lines.append("  tokens            min     p50     p90     p99     max    mean")
-        for name, d in (
-            ("prompt", self.prompt_lengths),
-            ("response", self.response_lengths),
-            ("sequence (kept)", self.sequence_lengths),
-        ):
-            if d:
-                lines.append(
-                    f"  {name:<15} {d['min']:>5} {d['p50']:>7.1f} {d['p90']:>7.1f} {d['p99']:>7.1f} "
-                    f"{d['max']:>7} {d['mean']:>7.1f}"
-                )
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict:
-        """Plain JSON-able dict (for run metadata)."""
-
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return self.format()
+    resp = _finish_reply(rules, ids)
+    body = resp[:-1]
+    if not body:
+        raise RecordRefused("empty_response", f"{what} renders to no tokens")
+    if rules.holds_bos_or_end(body) or rules.bos_id in resp[-1:]:
+        raise RecordRefused("special_token_in_response", f"{what} holds a BOS or end token inside it")
+    text = rules.decode(resp)
+    for m in msgs:
+        want = _content_text(m["content"]).strip()
+        if want and want not in text:
+            raise DataError(
+                f"{what}'s text is not in its scored tokens after the chat template (boundary at token "
+                f"{boundary}); the template alters or drops the reply. Use another template (--chat-template)"
+            )
+    return resp

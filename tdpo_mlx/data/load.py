@@ -1,7 +1,9 @@
 """Load preference data: a source (file, directory, hub id) -> encoded pairs with exact boundaries.
 
-Sources and formats live in :mod:`tdpo_mlx.data.sources`, the token rules and truncation in
-:mod:`tdpo_mlx.data.encode`; padded batches in :mod:`tdpo_mlx.data.batches`.
+Sources and formats live in :mod:`tdpo_mlx.data.sources`, the token rules in
+:mod:`tdpo_mlx.data.encode` (tokenizer wrapper :mod:`tdpo_mlx.data.rules`), truncation in
+:mod:`tdpo_mlx.data.truncate`, the summary in :mod:`tdpo_mlx.data.summary`; padded batches in
+:mod:`tdpo_mlx.data.batches`.
 """
 
 from __future__ import annotations
@@ -14,16 +16,11 @@ import numpy as np
 
 from ..errors import UserError
 from .batches import EncodedPair
-from .encode import (
-    HH_MARKER,
-    DataSummary,
-    TokenRules,
-    _percentiles,
-    encode_chat_record,
-    encode_text_record,
-    truncate_pair,
-)
+from .encode import HH_MARKER, encode_chat_record, encode_text_record
+from .rules import TokenRules
 from .sources import DataError, RecordRefused, detect_format, has_split, normalize_format, read_rows, to_record
+from .summary import DataSummary, percentiles
+from .truncate import truncate_pair
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +145,9 @@ def load_preference_data(
         slen.append(len(p) + max(len(c), len(r)))
         pairs.append(EncodedPair(p, c, r, i))
     summary.kept = len(pairs)
-    summary.prompt_lengths = _percentiles(plen)
-    summary.response_lengths = _percentiles(rlen)
-    summary.sequence_lengths = _percentiles(slen)
+    summary.prompt_lengths = percentiles(plen)
+    summary.response_lengths = percentiles(rlen)
+    summary.sequence_lengths = percentiles(slen)
     summary.seconds = time.perf_counter() - t0
     if not pairs:
         raise DataError(
