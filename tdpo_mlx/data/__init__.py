@@ -1,6 +1,7 @@
 """Preference data: sources and formats -> records -> token ids with boundaries -> padded batches.
 
-- :mod:`.sources`: read rows from files, directories, ``datasets`` folders and hub ids; formats.
+- :mod:`.sources`: read rows from files, directories, ``datasets`` folders and hub ids.
+- :mod:`.records`: formats (standard, implicit, conversational): a row -> a record.
 - :mod:`.rules`: :class:`TokenRules` (the tokenizer: BOS/EOS, end and special ids, chat template).
 - :mod:`.encode`: token rules (BOS/EOS, chat templates, response boundaries).
 - :mod:`.truncate`: :func:`truncate_pair`; :mod:`.summary`: :class:`DataSummary` (what loading did).

@@ -40,8 +40,9 @@ Truncation is :mod:`.truncate`, the load summary :mod:`.summary`, the tokenizer 
 
 from __future__ import annotations
 
+from .records import PreferenceRecord, RecordRefused
 from .rules import TokenRules
-from .sources import DataError, PreferenceRecord, RecordRefused
+from .sources import DataError
 
 HH_MARKER = "\n\nAssistant:"
 

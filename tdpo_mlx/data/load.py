@@ -1,6 +1,6 @@
 """Load preference data: a source (file, directory, hub id) -> encoded pairs with exact boundaries.
 
-Sources and formats live in :mod:`tdpo_mlx.data.sources`, the token rules in
+Sources live in :mod:`tdpo_mlx.data.sources`, formats in :mod:`tdpo_mlx.data.records`, the token rules in
 :mod:`tdpo_mlx.data.encode` (tokenizer wrapper :mod:`tdpo_mlx.data.rules`), truncation in
 :mod:`tdpo_mlx.data.truncate`, the summary in :mod:`tdpo_mlx.data.summary`; padded batches in
 :mod:`tdpo_mlx.data.batches`.
@@ -17,8 +17,9 @@ import numpy as np
 from ..errors import UserError
 from .batches import EncodedPair
 from .encode import HH_MARKER, encode_chat_record, encode_text_record
+from .records import RecordRefused, detect_format, normalize_format, to_record
 from .rules import TokenRules
-from .sources import DataError, RecordRefused, detect_format, has_split, normalize_format, read_rows, to_record
+from .sources import DataError, has_split, read_rows
 from .summary import DataSummary, percentiles
 from .truncate import truncate_pair
 
@@ -81,56 +82,21 @@ def load_preference_data(
     """
     t0 = time.perf_counter()
     fmt = normalize_format(data_format)
-    truncate_pair(
-        [1], [1], [1], max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode
-    )  # validates the limits up front
+    limits = dict(max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode)
+    truncate_pair([1], [1], [1], **limits)  # validates the limits up front
     rules = TokenRules(tokenizer, chat_template=chat_template, add_bos=add_bos)
+    keys = dict(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key)
     src = read_rows(data, split)
     rows = src.rows[:limit] if limit is not None else src.rows
-    if not rows:
-        raise DataError(f"{src.name}: no records")
-    keys = dict(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key)
     detected = fmt == "auto"
-    if detected:
-        fmt = detect_format(rows[0], where=f"{src.where[0]} (record 0)", **keys)
-    summary = DataSummary(
-        source=src.name,
-        split=split,
-        data_format=fmt,
-        records=len(rows),
-        max_length=max_length,
-        max_prompt_length=max_prompt_length,
-        truncation_mode=truncation_mode,
-    )
-    if fmt == "conversational" and not rules.has_template:
-        raise DataError(
-            f"{src.name}: conversational data needs a chat template and the tokenizer has "
-            "none; pass --chat-template FILE.jinja (chat_template= in Python)"
-        )
-    pairs: list[EncodedPair] = []
-    plen, rlen, slen = [], [], []
+    fmt = _source_format(src, rows, fmt, rules, keys)
+    summary = DataSummary(source=src.name, split=split, data_format=fmt, records=len(rows), **limits)
+    pairs, raw_lengths = [], []
     for i, row in enumerate(rows):
         where = f"{src.where[i]} (record {i})"
         try:
             rec = to_record(row, i, where, fmt, system_key=system_key, detected=detected, **keys)
-            if rec.kind == "chat":
-                p, c, r, _ = encode_chat_record(rules, rec)
-            else:
-                p, c, r, _ = encode_text_record(rules, rec, implicit_marker)
-            raw = (len(p), len(c), len(r))
-            p, c, r, pcut, rcut = truncate_pair(
-                p,
-                c,
-                r,
-                max_length=max_length,
-                max_prompt_length=max_prompt_length,
-                truncation_mode=truncation_mode,
-                keep_first=1 if rules.add_bos or p[:1] == [rules.bos_id] else 0,
-            )
-            if not c or not r:
-                raise RecordRefused("too_long", f"{where}: a response would be truncated away")
-            if c == r:
-                raise RecordRefused("identical_after_truncation", f"{where}: chosen == rejected after truncation")
+            pair, raw, prompt_cut, response_cut = _encode(rules, rec, implicit_marker, limits)
         except RecordRefused as e:
             if strict:
                 raise DataError(str(e)) from None
@@ -138,30 +104,75 @@ def load_preference_data(
             continue
         if rec.repaired:
             summary.repaired[rec.repaired] = summary.repaired.get(rec.repaired, 0) + 1
-        summary.prompt_cut += pcut
-        summary.response_cut += rcut
-        plen.append(raw[0])
-        rlen.extend(raw[1:])
-        slen.append(len(p) + max(len(c), len(r)))
-        pairs.append(EncodedPair(p, c, r, i))
+        summary.prompt_cut += prompt_cut
+        summary.response_cut += response_cut
+        pairs.append(pair)
+        raw_lengths.append(raw)
+    _close(summary, pairs, raw_lengths, t0)
+    return pairs, summary
+
+
+def _source_format(src, rows: list[dict], fmt: str, rules: TokenRules, keys: dict) -> str:
+    """The format of the rows (detected from the first one for ``"auto"``).
+
+    Raises:
+        DataError: no rows; neither format fits; conversational rows and no chat template.
+    """
+    if not rows:
+        raise DataError(f"{src.name}: no records")
+    if fmt == "auto":
+        fmt = detect_format(rows[0], where=f"{src.where[0]} (record 0)", **keys)
+    if fmt == "conversational" and not rules.has_template:
+        raise DataError(
+            f"{src.name}: conversational data needs a chat template and the tokenizer has "
+            "none; pass --chat-template FILE.jinja (chat_template= in Python)"
+        )
+    return fmt
+
+
+def _encode(rules: TokenRules, rec, implicit_marker: str | None, limits: dict):
+    """(pair, lengths before truncation, prompt cut, response cut) of one record.
+
+    Raises:
+        RecordRefused: the encoding refuses it, or truncation leaves a response empty or both equal.
+    """
+    if rec.kind == "chat":
+        p, c, r, _ = encode_chat_record(rules, rec)
+    else:
+        p, c, r, _ = encode_text_record(rules, rec, implicit_marker)
+    raw = (len(p), len(c), len(r))
+    keep_first = 1 if rules.add_bos or p[:1] == [rules.bos_id] else 0
+    p, c, r, prompt_cut, response_cut = truncate_pair(p, c, r, keep_first=keep_first, **limits)
+    if not c or not r:
+        raise RecordRefused("too_long", f"{rec.where}: a response would be truncated away")
+    if c == r:
+        raise RecordRefused("identical_after_truncation", f"{rec.where}: chosen == rejected after truncation")
+    return EncodedPair(p, c, r, rec.index), raw, prompt_cut, response_cut
+
+
+def _close(summary: DataSummary, pairs: list[EncodedPair], raw_lengths: list[tuple], t0: float) -> None:
+    """Fill the summary's kept count, length percentiles and time; warn about drops.
+
+    Raises:
+        DataError: no pair was kept.
+    """
     summary.kept = len(pairs)
-    summary.prompt_lengths = percentiles(plen)
-    summary.response_lengths = percentiles(rlen)
-    summary.sequence_lengths = percentiles(slen)
+    summary.prompt_lengths = percentiles([raw[0] for raw in raw_lengths])
+    summary.response_lengths = percentiles([n for raw in raw_lengths for n in raw[1:]])
+    summary.sequence_lengths = percentiles([pair.max_length for pair in pairs])
     summary.seconds = time.perf_counter() - t0
     if not pairs:
         raise DataError(
-            f"{src.name}: no pair kept out of {len(rows)} records; dropped {summary.dropped} "
+            f"{summary.source}: no pair kept out of {summary.records} records; dropped {summary.dropped} "
             f"(e.g. {summary.dropped_examples})"
         )
     if summary.dropped:
         log.warning(
             "preference data: dropped %d of %d records: %s",
             sum(summary.dropped.values()),
-            len(rows),
+            summary.records,
             ", ".join(f"{k}={v}" for k, v in sorted(summary.dropped.items())),
         )
-    return pairs, summary
 
 
 def split_holdout(pairs, fraction: float, seed: int = 0) -> tuple[list, list]:
