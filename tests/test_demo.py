@@ -9,8 +9,9 @@ import sys
 import pytest
 
 import tdpo_mlx  # noqa: F401
-from tdpo_mlx.demo import config, report
+from tdpo_mlx.demo import config, curves, plots, report, table1
 from tdpo_mlx.demo import run as demo
+from tdpo_mlx.demo.pairs import build_pairs, load_openers, split_prompts
 from tdpo_mlx.generation import Sample
 
 
@@ -21,7 +22,7 @@ def _s(p, k, text, ids):
 def test_openers_are_many_distinct_and_neutral():
     from tdpo_mlx.rewards import sentiment_reward
 
-    ops = demo.load_openers()
+    ops = load_openers()
     assert len(ops) >= 300 and len(set(ops)) == len(ops)
     r = sentiment_reward(ops, [""] * len(ops))
     assert max(abs(x) for x in r) <= 0.05  # sentiment is decided by the continuation
@@ -29,12 +30,12 @@ def test_openers_are_many_distinct_and_neutral():
 
 def test_split_prompts_disjoint_and_seeded():
     ps = [f"p{i}" for i in range(20)]
-    tr, ev = demo.split_prompts(ps, 12, 5, seed=3)
+    tr, ev = split_prompts(ps, 12, 5, seed=3)
     assert len(tr) == 12 and len(ev) == 5 and not set(tr) & set(ev)
-    assert (tr, ev) == demo.split_prompts(ps, 12, 5, seed=3)
-    assert tr != demo.split_prompts(ps, 12, 5, seed=4)[0]
+    assert (tr, ev) == split_prompts(ps, 12, 5, seed=3)
+    assert tr != split_prompts(ps, 12, 5, seed=4)[0]
     with pytest.raises(ValueError, match="only 20"):
-        demo.split_prompts(ps, 18, 5, seed=0)
+        split_prompts(ps, 18, 5, seed=0)
 
 
 def test_build_pairs_best_vs_worst_skips_near_ties():
@@ -51,7 +52,7 @@ def test_build_pairs_best_vs_worst_skips_near_ties():
         _s(3, 2, "c", [3, 3, 3]),  # ties for best: first wins
     ]
     rewards = [0.1, 0.9, -0.6, 0.30, 0.35, -1.0, 1.0, 0.5, 0.5, -0.5]
-    pairs, summ = demo.build_pairs(samples, rewards, min_gap=0.1)
+    pairs, summ = build_pairs(samples, rewards, min_gap=0.1)
     assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
         ("prompt0", "great", "bad"),
         ("prompt3", "a", "c"),
@@ -64,7 +65,7 @@ def test_build_pairs_best_vs_worst_skips_near_ties():
     assert summ["chosen_reward_mean"] == pytest.approx((0.9 + 0.5) / 2)
     assert summ["rejected_reward_mean"] == pytest.approx((-0.6 - 0.5) / 2)
     with pytest.raises(ValueError):
-        demo.build_pairs(samples, rewards[:-1], 0.1)
+        build_pairs(samples, rewards[:-1], 0.1)
 
 
 def _png_ok(path):
@@ -84,7 +85,7 @@ def test_frontier_averages_prompts_then_seeds_with_standard_errors():
         ("dpo", 1, 5): _rec([0.0, 0.0, 4.0, 4.0], [3.0, 3.0, 3.0, 3.0], [0, 0, 1, 1]),  # prompt means 0, 4; kl 3, 3
         ("dpo", 0, 10): _rec([1.0, 1.0, 1.0, 1.0], [5.0] * 4, [0, 0, 1, 1]),  # seed 1 missing at step 10
     }
-    f = report.frontier(points, ["dpo", "tdpo1"], seeds=[0, 1], steps=[5, 10])
+    f = curves.frontier(points, ["dpo", "tdpo1"], seeds=[0, 1], steps=[5, 10])
     assert f["tdpo1"] == [f["tdpo1"][0]]  # only the reference point
     r0, r5, r10 = f["dpo"]
     assert (r0["step"], r0["kl_mean"], r0["reward_mean"]) == (0, 0.0, 0.5)
@@ -107,7 +108,7 @@ def _curve(points, se=0.05):
 def test_compare_to_dpo_interpolates_between_dpo_points():
     dpo = _curve([(4.0, 0.8), (8.0, 1.0)])
     # at KL 2 DPO gives 0.6 (halfway from the reference), at KL 6 it gives 0.9; KL 9 is outside
-    c = report.compare_to_dpo(_curve([(2.0, 0.9), (6.0, 0.91), (9.0, 2.0)]), dpo)
+    c = curves.compare_to_dpo(_curve([(2.0, 0.9), (6.0, 0.91), (9.0, 2.0)]), dpo)
     assert (c["above"], c["level"], c["below"], c["outside"]) == (1, 1, 0, 1)
     assert c["mean_diff"] == pytest.approx((0.3 + 0.01) / 2)
 
@@ -115,18 +116,18 @@ def test_compare_to_dpo_interpolates_between_dpo_points():
 def test_verdict_sentence_flips_with_the_numbers():
     dpo = _curve([(4.0, 0.6), (8.0, 0.8), (12.0, 1.0)])
     above = {"dpo": dpo, "tdpo1": _curve([(2.0, 0.7), (5.0, 1.0)]), "tdpo2-a0.5": _curve([(3.0, 0.9)])}
-    v = report.verdict(above)
+    v = curves.verdict(above)
     assert "is supported by this run" in v
     assert "tdpo1: 2 above of 2 points (mean reward +0.275)" in v and "KL(π_θ‖π_ref)" in v
     below = {"dpo": dpo, "tdpo1": _curve([(2.0, 0.2), (5.0, 0.3)]), "tdpo2-a0.5": _curve([(3.0, 0.5)])}
-    assert "is contradicted by this run" in report.verdict(below)
+    assert "is contradicted by this run" in curves.verdict(below)
     mixed = {"dpo": dpo, "tdpo1": _curve([(2.0, 0.2)]), "tdpo2-a0.5": _curve([(3.0, 0.9)])}
-    assert "is mixed by this run" in report.verdict(mixed)
+    assert "is mixed by this run" in curves.verdict(mixed)
     noisy = {"dpo": dpo, "tdpo1": _curve([(2.0, 0.7)], se=0.2)}  # +0.2 within 2 x hypot(0.05, 0.2) = 0.41
-    assert "not decided (within noise)" in report.verdict(noisy)
+    assert "not decided (within noise)" in curves.verdict(noisy)
     far = {"dpo": dpo, "tdpo1": _curve([(20.0, 0.1)])}
-    assert "tdpo1 has no point inside DPO's KL range" in report.verdict(far)
-    assert "not decided" in report.verdict({"tdpo1": dpo})
+    assert "tdpo1 has no point inside DPO's KL range" in curves.verdict(far)
+    assert "not decided" in curves.verdict({"tdpo1": dpo})
 
 
 def test_heldout_accuracy_over_seeds():
@@ -135,7 +136,7 @@ def test_heldout_accuracy_over_seeds():
         ("dpo", 1): [{"step": 0, "eval_loss": 1, "eval_rewards/accuracies": 0.5}],
         ("tdpo1", 0): [{"step": 4, "eval_loss": 1, "eval_rewards/accuracies": 0.75}],
     }
-    assert report.heldout_accuracy(m) == {"dpo": [(0, 0.25, 0.25)], "tdpo1": [(4, 0.75, 0.0)]}
+    assert curves.heldout_accuracy(m) == {"dpo": [(0, 0.25, 0.25)], "tdpo1": [(4, 0.75, 0.0)]}
 
 
 def _seed(acc, ent, ntok, kl=1.0):
@@ -150,7 +151,7 @@ def _seed(acc, ent, ntok, kl=1.0):
 
 
 def test_hh_table_spreads_over_seeds_or_pairs():
-    rows = report.hh_table(
+    rows = table1.hh_table(
         {
             "dpo": [_seed([1, 0, 1, 1], [6.0, 2.0], [2, 2]), _seed([1, 0, 0, 1], [4.0], [2])],
             "tdpo2-a0.5": [_seed([1, 1, 0, 1], [3.0, 9.0], [2, 2])],
@@ -173,16 +174,16 @@ def _hh_rows(acc, ent, spread=1.0):
 
 
 def test_hh_sentence_flips_with_the_numbers():
-    like = report.hh_sentence(_hh_rows((55.0, 58.0, 64.0), (3.0, 3.5, 3.9)))
+    like = table1.hh_sentence(_hh_rows((55.0, 58.0, 64.0), (3.0, 3.5, 3.9)))
     assert "by accuracy the order tdpo2 > tdpo1 > dpo matches the paper's" in like
     assert "TDPO2 is +9.0 points above DPO beyond the spread, as in the paper" in like
     assert "by entropy the order tdpo2 > tdpo1 > dpo matches" in like
-    unlike = report.hh_sentence(_hh_rows((64.0, 58.0, 55.0), (3.9, 3.5, 3.0)))
+    unlike = table1.hh_sentence(_hh_rows((64.0, 58.0, 55.0), (3.9, 3.5, 3.0)))
     assert "by accuracy the order dpo > tdpo1 > tdpo2 differs from the paper's tdpo2 > tdpo1 > dpo" in unlike
     assert "-9.0 points below DPO beyond the spread, unlike the paper" in unlike
-    noisy = report.hh_sentence(_hh_rows((55.0, 58.0, 56.0), (3.0, 3.5, 3.0), spread=5.0))
+    noisy = table1.hh_sentence(_hh_rows((55.0, 58.0, 56.0), (3.0, 3.5, 3.0), spread=5.0))
     assert "within the spread of DPO" in noisy and "dpo 55.0%/3.00" in noisy
-    assert "lacks DPO or TDPO2" in report.hh_sentence(_hh_rows((1, 2, 3), (1, 2, 3))[:2])
+    assert "lacks DPO or TDPO2" in table1.hh_sentence(_hh_rows((1, 2, 3), (1, 2, 3))[:2])
 
 
 def test_report_and_plots_on_fake_points(tmp_path):
@@ -226,21 +227,21 @@ def test_plots_draw_the_numbers_they_are_given(tmp_path, monkeypatch):
     """The figures hold their inputs: each frontier curve runs from the reference (0, its reward)
     through the checkpoints; the KL panels plot the mean over seeds per step and its trailing mean."""
     figs = {}
-    monkeypatch.setattr(report, "_save_fig", lambda fig, path: figs.__setitem__(pathlib.Path(path).name, fig))
-    report.plot_frontier({"dpo": _curve([(4.0, 0.8), (8.0, 1.0)]), "tdpo1": _curve([(2.0, 0.9)])}, tmp_path / "f.png")
+    monkeypatch.setattr(plots, "_save_fig", lambda fig, path: figs.__setitem__(pathlib.Path(path).name, fig))
+    plots.plot_frontier({"dpo": _curve([(4.0, 0.8), (8.0, 1.0)]), "tdpo1": _curve([(2.0, 0.9)])}, tmp_path / "f.png")
     drawn = {
         c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()))
         for c in figs["f.png"].axes[0].containers
     }
     assert drawn == {
-        report._label("dpo"): ([0.0, 4.0, 8.0], [0.4, 0.8, 1.0]),
-        report._label("tdpo1"): ([0.0, 2.0], [0.4, 0.9]),
+        plots._label("dpo"): ([0.0, 4.0, 8.0], [0.4, 0.8, 1.0]),
+        plots._label("tdpo1"): ([0.0, 2.0], [0.4, 0.9]),
     }
     metrics = {
         ("dpo", seed): [{"step": k, "kl/chosen": f * k, "kl/rejected": 0.0, "kl/margin": 0.0} for k in (1, 2, 3, 4)]
         for seed, f in ((0, 0.1), (1, 0.3))
     }
-    report.plot_kl_curves(metrics, tmp_path / "k.png")
+    plots.plot_kl_curves(metrics, tmp_path / "k.png")
     dots, mean = figs["k.png"].axes[0].lines[:2]
     assert list(dots.get_xdata()) == [1, 2, 3, 4]
     assert list(dots.get_ydata()) == pytest.approx([0.2, 0.4, 0.6, 0.8])  # mean of the two seeds
@@ -248,8 +249,8 @@ def test_plots_draw_the_numbers_they_are_given(tmp_path, monkeypatch):
 
 
 def test_moving_average_by_hand():
-    assert report._moving_average([1, 2, 3, 4], 3).tolist() == [1.0, 1.5, 2.0, 3.0]
-    assert report._moving_average([5], 3).tolist() == [5.0]
+    assert plots._moving_average([1, 2, 3, 4], 3).tolist() == [1.0, 1.5, 2.0, 3.0]
+    assert plots._moving_average([5], 3).tolist() == [5.0]
 
 
 def test_read_metrics_keeps_train_and_eval_records(tmp_path):
@@ -325,9 +326,9 @@ def test_tiny_end_to_end_and_resume(tmp_path, capsys):
         assert [r["step"] for r in res["frontier"][v]] == [0, 2, 4]
         assert [r["n_seeds"] for r in res["frontier"][v]] == [1, 2, 2]
     recs = [json.loads((out / "eval" / "tdpo1" / f"seed-{s}" / "step-4.json").read_text()) for s in (0, 1)]
-    kl = [report.per_prompt(r["kl"], r["prompt_index"]) for r in recs]
+    kl = [curves.per_prompt(r["kl"], r["prompt_index"]) for r in recs]
     assert res["frontier"]["tdpo1"][2]["kl_mean"] == pytest.approx(float(sum(kl).mean() / 2))
-    rw = [report.per_prompt(r["rewards"], r["prompt_index"]) for r in recs]
+    rw = [curves.per_prompt(r["rewards"], r["prompt_index"]) for r in recs]
     assert rw[0].tolist() == [
         sum(map(len, [recs[0]["samples"][i]["completion"] for i in (2 * p, 2 * p + 1)])) / 2 for p in range(3)
     ]

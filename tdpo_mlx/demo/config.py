@@ -60,6 +60,18 @@ class _Common:
                 d[k] = list(v)
         return d
 
+    def eval_sampling(self, seed: int) -> dict:
+        """:func:`tdpo_mlx.generation.generate_samples` settings of the evaluation samples of a run
+        with ``seed`` (the reference uses the first seed's)."""
+        return dict(
+            samples_per_prompt=self.eval_samples_per_prompt,
+            max_tokens=self.eval_max_tokens,
+            temp=self.temp,
+            top_p=self.top_p,
+            seed=seed + 12345,
+            batch_size=self.gen_batch_size,
+        )
+
     def variants(self) -> list[tuple[str, str, float | None]]:
         """(name, loss, TDPO2 alpha or None) of every trained variant, in report order."""
         out = []

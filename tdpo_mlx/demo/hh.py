@@ -16,18 +16,37 @@ Every stage writes its outputs atomically and is skipped when they exist (resume
 
 from __future__ import annotations
 
-import gc
-import json
 import pathlib
 
 import mlx.core as mx
 import numpy as np
 
 from ..atomic import write_json, write_text
+from ..checkpoint import load_adapter_weights
+from ..data import load_preference_data, make_batch, pad_id
 from ..errors import NotFoundError, UserError
+from ..evaluation import sample_statistics
+from ..fast_stats import batch_statistics
+from ..generation import generate_samples
+from ..losses import pair_metrics, preference_loss
+from ..models import resolve_model
+from ..stats import split_pairs
+from .common import (
+    Clock,
+    announce,
+    check_settings,
+    load_eval_model,
+    progress_bar,
+    read_json,
+    reference_if,
+    run_dir,
+    say,
+    train_runs,
+)
 from .config import HHConfig
-from .report import PAPER_TABLE1, hh_sentence, hh_table, machine_line, timings_table
-from .run import _Clock, _load_eval_model, _progress, _read_json, _say, announce, check_settings, run_dir, stage_train
+from .pairs import encoded
+from .report import machine_line, settings_and_timings
+from .table1 import PAPER_TABLE1, hh_sentence, hh_table
 
 
 def pair_dict(p) -> dict:
@@ -41,8 +60,6 @@ def stage_data(out: pathlib.Path, cfg: HHConfig, tok) -> tuple[list, list]:
         FileNotFoundError: the data file is missing (names the ``--data`` option).
         ValueError: fewer usable pairs than ``n_train_pairs + n_heldout_pairs``.
     """
-    from ..data import EncodedPair, load_preference_data
-
     f = out / "hh_pairs.json"
     if not f.exists():
         if not pathlib.Path(cfg.data).exists():
@@ -60,23 +77,14 @@ def stage_data(out: pathlib.Path, cfg: HHConfig, tok) -> tuple[list, list]:
         train = [pair_dict(pairs[i]) for i in order[: cfg.n_train_pairs]]
         held = [pair_dict(pairs[i]) for i in order[cfg.n_train_pairs : need]]
         write_json(f, {"train": train, "heldout": held, "records": len(pairs)})
-    d = _read_json(f)
-
-    def enc(rows):
-        return [EncodedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], index=i) for i, r in enumerate(rows)]
-
-    return enc(d["train"]), enc(d["heldout"])
+    d = read_json(f)
+    return encoded(d["train"]), encoded(d["heldout"])
 
 
 def pair_scores(model, pairs, cfg: HHConfig, loss: str, alpha: float | None, pad_id: int) -> dict:
     """Per held-out pair: accuracy of the method's implicit reward (1 chosen > rejected, else 0),
     accuracy of the plain log-ratio reward beta*m (the same measure for every method), and the
     sequential KL(pi_ref || pi_theta) of chosen and rejected (nats). Lists of floats."""
-    from ..data import make_batch
-    from ..fast_stats import batch_statistics
-    from ..losses import pair_metrics, preference_loss
-    from ..stats import split_pairs
-
     out = {"accuracy": [], "accuracy_logratio": [], "kl_chosen": [], "kl_rejected": []}
     for i in range(0, len(pairs), cfg.score_batch_size):
         batch = make_batch(pairs[i : i + cfg.score_batch_size], pad_id)
@@ -107,46 +115,22 @@ def prompt_texts(tok, pairs, n: int) -> list[str]:
 def generation_scores(model, tok, prompts, cfg: HHConfig, seed: int, *, policy: bool) -> dict:
     """Sample replies on ``prompts`` (policy, or the reference with ``policy=False``) and return
     per sample the entropy sum (nats), token count and sequence KL(pi_theta || pi_ref)."""
-    from ..data import pad_id
-    from ..evaluation import sample_statistics
-    from ..generation import generate_samples
-    from ..models import adapters_disabled
-
-    def go():
-        s = generate_samples(
-            model,
-            tok,
-            prompts,
-            samples_per_prompt=cfg.eval_samples_per_prompt,
-            max_tokens=cfg.eval_max_tokens,
-            temp=cfg.temp,
-            top_p=cfg.top_p,
-            seed=seed + 12345,
-            batch_size=cfg.gen_batch_size,
-            progress=False,
-        )
+    with reference_if(model, not policy):
+        s = generate_samples(model, tok, prompts, progress=False, **cfg.eval_sampling(seed))
         st = sample_statistics(
             model, s, compute_kl=policy, batch_size=cfg.score_batch_size, pad_id=pad_id(tok), progress=False
         )
-        return {
-            "entropy_sum": np.asarray(st["entropy_sum"]).tolist(),
-            "n_tokens": np.asarray(st["n_tokens"]).astype(int).tolist(),
-            "kl_samples": np.asarray(st["kl"]).tolist(),
-        }
-
-    if policy:
-        return go()
-    with adapters_disabled(model):
-        return go()
+    return {
+        "entropy_sum": np.asarray(st["entropy_sum"]).tolist(),
+        "n_tokens": np.asarray(st["n_tokens"]).astype(int).tolist(),
+        "kl_samples": np.asarray(st["kl"]).tolist(),
+    }
 
 
 def stage_eval(out: pathlib.Path, cfg: HHConfig, get_model, heldout, progress: bool) -> dict:
     """Score every run (and the reference's generations once); one JSON file per run."""
-    from ..checkpoint import load_adapter_weights
-    from ..data import pad_id
-
     runs = [(v, s) for v in cfg.variants() for s in cfg.seeds]
-    bar = _progress(len(runs) + 1, "hh eval runs", progress)
+    bar = progress_bar(len(runs) + 1, "hh eval runs", progress)
     ref_f = out / "eval" / "reference.json"
     if not ref_f.exists():
         model, tok = get_model()
@@ -154,7 +138,7 @@ def stage_eval(out: pathlib.Path, cfg: HHConfig, get_model, heldout, progress: b
             ref_f, generation_scores(model, tok, prompt_texts(tok, heldout, cfg.n_eval_prompts), cfg, 0, policy=False)
         )
     bar.update(1)
-    res = {"reference": _read_json(ref_f)}
+    res = {"reference": read_json(ref_f)}
     for (name, loss, alpha), seed in runs:
         f = out / "eval" / name / f"seed-{seed}.json"
         if not f.exists():
@@ -165,14 +149,14 @@ def stage_eval(out: pathlib.Path, cfg: HHConfig, get_model, heldout, progress: b
                 generation_scores(model, tok, prompt_texts(tok, heldout, cfg.n_eval_prompts), cfg, seed, policy=True)
             )
             write_json(f, rec)
-        res[(name, seed)] = _read_json(f)
+        res[(name, seed)] = read_json(f)
         bar.update(1)
     bar.close()
     return res
 
 
 def table_inputs(cfg: HHConfig, res: dict) -> dict:
-    """``{variant: [per-seed dict]}`` for :func:`tdpo_mlx.demo.report.hh_table` (KLs on pairs
+    """``{variant: [per-seed dict]}`` for :func:`tdpo_mlx.demo.table1.hh_table` (KLs on pairs
     averaged over the held-out pairs)."""
     out = {}
     for name, _, _ in cfg.variants():
@@ -233,16 +217,7 @@ def write_hh_report(out: pathlib.Path, cfg: HHConfig, res: dict, timings: dict) 
         f"TDPO Eq. 8 on the held-out chosen / rejected replies. Spread: {spread}. Paper: Pythia-2.8B, full "
         "fine-tuning on the whole HH training set (Table 1).",
         "",
-        "## Settings",
-        "",
-        "```json",
-        json.dumps(cfg.to_dict(), indent=1),
-        "```",
-        "",
-        "## Timings",
-        "",
-        *timings_table(timings),
-        "",
+        *settings_and_timings(cfg, timings),
     ]
     path = out / "report_hh.md"
     write_text(path, "\n".join(lines))
@@ -260,42 +235,29 @@ def run_hh(out, cfg: HHConfig, *, progress: bool = True) -> pathlib.Path:
         FileNotFoundError: the HH data file is missing.
         ValueError: ``out`` holds a run with other settings.
     """
-    from ..models import resolve_model
-
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, cfg)
     announce(cfg, "Anthropic-HH experiment")
-    clock = _Clock(out / "timings.json")
+    clock = Clock(out / "timings.json")
 
     clock.start()
-    _say(f"[1/4] model and data: {cfg.model}, {cfg.data}")
+    say(f"[1/4] model and data: {cfg.model}, {cfg.data}")
     model_dir = resolve_model(cfg.model)
-    model, tok = _load_eval_model(model_dir, cfg)
+    model, tok = load_eval_model(model_dir, cfg)
     train_pairs, heldout = stage_data(out, cfg, tok)
-    _say(f"  {len(train_pairs)} training pairs, {len(heldout)} held-out pairs")
+    say(f"  {len(train_pairs)} training pairs, {len(heldout)} held-out pairs")
     clock.stop("model + data")
 
-    runs = [(v, s) for v in cfg.variants() for s in cfg.seeds]
-    for i, (v, s) in enumerate(runs):
-        clock.start()
-        done = (run_dir(out, v[0], s) / "done.json").exists()
-        _say(
-            f"[2/4] train {v[0]} seed {s} ({i + 1}/{len(runs)}): {cfg.iters} steps x {cfg.batch_size} pairs"
-            + (" (done)" if done else "")
-        )
-        stage_train(out, cfg, model_dir, v, s, train_pairs, [], progress=progress)
-        if not done:
-            clock.stop(f"train {v[0]} seed {s}")
-        gc.collect()
+    train_runs(out, cfg, model_dir, train_pairs, [], clock, stage="[2/4]", progress=progress)
 
     clock.start()
-    _say(f"[3/4] eval: {len(heldout)} held-out pairs and {cfg.n_eval_prompts} prompts per run")
+    say(f"[3/4] eval: {len(heldout)} held-out pairs and {cfg.n_eval_prompts} prompts per run")
     res = stage_eval(out, cfg, lambda: (model, tok), heldout, progress)
     clock.stop("eval")
 
-    _say("[4/4] report")
+    say("[4/4] report")
     path = write_hh_report(out, cfg, res, clock.t)
-    _say(_read_json(out / "results_hh.json")["sentence"])
-    _say(f"wrote {path}")
+    say(read_json(out / "results_hh.json")["sentence"])
+    say(f"wrote {path}")
     return path
