@@ -65,6 +65,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--only", choices=["both", "plain", "fast"], default="both")
     p.add_argument(
+        "--rows",
+        action="store_true",
+        help="also time the fast path with every row run in full (share_prompt=False: the prompt "
+        "computed for chosen and again for rejected, as before prompt sharing)",
+    )
+    p.add_argument(
         "--before",
         metavar="REV",
         default=None,
@@ -185,10 +191,11 @@ def load_before(rev: str):
     return mod
 
 
-def body_flops_per_row(model, length: int) -> float:
-    """Forward FLOPs of the transformer body for one row of ``length`` tokens: 2 in out per token
-    for every linear layer of the blocks (LoRA included), plus causal attention
-    (4 heads head_dim per attended key, sliding-window layers capped at their window)."""
+def body_flops_per_row(model, length: int, prefix: int = 0) -> float:
+    """Forward FLOPs of the transformer body for one row of ``length`` tokens after ``prefix``
+    cached ones: 2 in out per token for every linear layer of the blocks (LoRA included), plus
+    causal attention (4 heads head_dim per attended key, sliding-window layers capped at their
+    window)."""
     import mlx.nn as nn
 
     per_token = 0.0
@@ -207,7 +214,7 @@ def body_flops_per_row(model, length: int) -> float:
         heads = getattr(a, "n_heads", None) or getattr(a, "num_attention_heads", 0)
         hd = getattr(a, "head_dim", None) or (a.q_proj.weight.shape[0] // max(heads, 1))
         window = getattr(model.model, "window_size", None) if getattr(a, "is_sliding", False) else None
-        keys = sum(min(i + 1, window or length) for i in range(length))
+        keys = sum(min(prefix + i + 1, window or (prefix + length)) for i in range(length))
         attn += 4.0 * heads * hd * keys
     return per_token * length + attn
 
@@ -223,15 +230,26 @@ def breakdown(model, batch, value_and_grad, opt, args) -> dict:
 
     from tdpo_mlx import fast_stats as stats
     from tdpo_mlx.models import adapters_disabled
+    from tdpo_mlx.shared_prompt import prompt_sharing_ok, shared_hidden, shared_layout
 
     gflops = backend.matmul_gflops(1024, 5)["gflops"]
     pol = stats._verified_plan(model)
     with adapters_disabled(model):
         ref = stats._head_plan(model)
-    inputs = batch.input_ids[:, :-1]
     kl_grad = "rejected" if args.loss_type == "tdpo2" else "all"
     c = args.chunk_size or stats.default_chunk_size(pol.vocab)
-    groups = stats._chunk_plan(batch.target_mask, c, batch.n_pairs if kl_grad == "rejected" else inputs.shape[0])
+    layout = shared_layout(batch) if prompt_sharing_ok(model, pol.body) else None
+    if layout is not None:  # the prompt once: B prompt rows, then 2B response rows after them
+        inputs, targets, mask, run = layout, layout.targets, layout.mask, shared_hidden
+        w = 0 if layout.prompt_inputs is None else layout.prompt_inputs.shape[1]
+        r = layout.inputs.shape[1]
+        body_fwd = batch.n_pairs * body_flops_per_row(model, w) + 2 * batch.n_pairs * body_flops_per_row(model, r, w)
+    else:
+        inputs, targets, mask = batch.input_ids[:, :-1], batch.targets, batch.target_mask
+        run = stats._call_body
+        body_fwd = inputs.shape[0] * body_flops_per_row(model, inputs.shape[1])  # padded rows run whole
+    n_rows = mask.shape[0]
+    groups = stats._chunk_plan(mask, c, batch.n_pairs if kl_grad == "rejected" else n_rows)
 
     def timed(fn):
         mx.synchronize()
@@ -240,16 +258,14 @@ def breakdown(model, batch, value_and_grad, opt, args) -> dict:
         mx.eval(out)
         return out, time.perf_counter() - t, time.process_time() - cpu
 
-    h, t_pol, c_pol = timed(lambda: pol.body(inputs))
+    h, t_pol, c_pol = timed(lambda: run(pol.body, inputs))
     with adapters_disabled(model):
-        hr, t_ref, c_ref = timed(lambda: ref.body(inputs))
-    _, t_head, c_head = timed(lambda: stats.head_statistics(pol, ref, h, hr, batch, groups, True)[:3])
+        hr, t_ref, c_ref = timed(lambda: run(ref.body, inputs))
+    _, t_head, c_head = timed(lambda: stats.head_statistics(pol, ref, h, hr, targets, groups, True)[:3])
     h = hr = None  # free the hidden states before the full step
     (loss, g), t_vg, c_vg = timed(lambda: value_and_grad(model))
     _, t_opt, c_opt = timed(lambda: (opt.update(model, g), model.parameters(), opt.state)[1:])
 
-    n_rows = inputs.shape[0]
-    body_fwd = n_rows * body_flops_per_row(model, inputs.shape[1])  # padded rows: the body runs them whole
     p = int(mx.sum(batch.target_mask).item())
     p_kl = int(mx.sum(batch.target_mask[batch.n_pairs :]).item()) if kl_grad == "rejected" else p
     head_prod = 2.0 * p * pol.vocab * model.model.layers[0].input_layernorm.weight.shape[0]
@@ -264,7 +280,8 @@ def breakdown(model, batch, value_and_grad, opt, args) -> dict:
     }
     total_t = t_vg + t_opt
     total_f = sum(v[2] for v in parts.values())
-    print(f"breakdown of one fast step ({n_rows} rows, {p} scored positions, matmul rate {gflops:.0f} GFLOP/s):")
+    shared = "prompt shared" if layout is not None else "prompt per row"
+    print(f"breakdown of one fast step ({n_rows} rows, {shared}, {p} scored positions, matmul {gflops:.0f} GFLOP/s):")
     out = {}
     for k, (t, cpu, fl) in parts.items():
         frac = fl / 1e9 / gflops / t if t > 0 and fl else 0.0
@@ -290,6 +307,7 @@ def real_data(args, model, name) -> int:
     from tdpo_mlx.data import make_batch as pad_batch
     from tdpo_mlx.gguf import resolve_model_path
     from tdpo_mlx.losses import preference_loss
+    from tdpo_mlx.shared_prompt import shared_layout
     from tdpo_mlx.stats import split_pairs
 
     tok = load_tokenizer(Path(resolve_model_path(args.model)))
@@ -301,15 +319,18 @@ def real_data(args, model, name) -> int:
     kl_grad = "rejected" if args.loss_type == "tdpo2" else "all"
     default_cache = mx.set_cache_limit(0)
     mx.set_cache_limit(default_cache)
-    kinds = {"fast": fast_stats}
+    share = {"kl_grad": kl_grad}
+    kinds = {"fast": (fast_stats, share)}
+    if args.rows:
+        kinds["rows"] = (fast_stats, dict(share, share_prompt=False))
     if args.before:
-        kinds["before"] = load_before(args.before)
+        kinds["before"] = (load_before(args.before), {})
     result: dict = {"model": name, "data": args.data, "steps": args.steps, "pairs": args.pairs}
-    for kind, mod in kinds.items():
+    for kind, (mod, kw) in kinds.items():
         mx.set_cache_limit(default_cache)
-        if kind == "fast":
+        if kind != "before":
             backend.set_buffer_cache_from_memory()
-        kw = {"kl_grad": kl_grad} if kind == "fast" else {}
+        eval_kw = {k: v for k, v in kw.items() if k == "share_prompt"}
 
         def loss_fn(m, b, mod=mod, kw=kw):
             s = mod.batch_statistics(m, b, **kw)
@@ -318,7 +339,7 @@ def real_data(args, model, name) -> int:
         vg = nn.value_and_grad(model, loss_fn)
         opt = optim.AdamW(learning_rate=0.0)  # parameters unchanged: both kinds see the same model
         it = BatchIterator(train_pairs, args.pairs, seed=args.seed, pad_id=pad_id)
-        real = padded = prompt = 0
+        real = padded = prompt = saved = 0
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
             b = next(it)
@@ -328,16 +349,18 @@ def real_data(args, model, name) -> int:
             real += int(b.lengths.sum().item())
             padded += int(b.input_ids.size)
             prompt += int(b.prompt_lengths[: b.n_pairs].sum().item())
+            layout = shared_layout(b) if kw.get("share_prompt", kind != "before") else None
+            saved += layout.prompt_tokens_saved if layout is not None else 0
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         batches = (
             eval_batches(held, args.pairs, pad_id)
-            if kind == "fast"
+            if kind != "before"
             else [pad_batch(held[i : i + args.pairs], pad_id) for i in range(0, len(held), args.pairs)]
         )
         e0, ec0 = time.perf_counter(), time.process_time()
         model.eval()
         for b in batches:
-            s = mod.batch_statistics(model, b, differentiable=False)
+            s = mod.batch_statistics(model, b, differentiable=False, **eval_kw)
             mx.eval(preference_loss(*split_pairs(s), args.loss_type, args.beta, args.alpha).losses)
         model.train()
         edt, edc = time.perf_counter() - e0, time.process_time() - ec0
@@ -348,8 +371,9 @@ def real_data(args, model, name) -> int:
             "real_tokens_per_s": real / dt,
             "real_tokens_per_cpu_s": real / dc,
             "padding_fraction": 1 - real / padded,
-            "prompt_tokens_recomputed": prompt,
+            "prompt_tokens": prompt,
             "prompt_share_of_body_tokens": prompt / real,
+            "prompt_tokens_saved_by_sharing": saved,
             "train_s_per_pair": dt / pairs,
             "eval_s_per_pair": edt / max(len(held), 1),
             "eval_cpu_s_per_pair": edc / max(len(held), 1),
@@ -359,11 +383,16 @@ def real_data(args, model, name) -> int:
         print(
             f"{kind:6s}: {r['train_s_per_step']:.2f} s/step (CPU {r['train_cpu_s_per_step']:.2f}), "
             f"{r['real_tokens_per_s']:.1f} real tokens/s, padding {r['padding_fraction']:.1%}, "
-            f"prompt tokens computed twice {prompt} ({r['prompt_share_of_body_tokens']:.0%} of real tokens; "
-            f"not shared yet), eval {r['eval_s_per_pair']:.2f} s/pair (CPU {r['eval_cpu_s_per_pair']:.2f}) = "
+            f"prompt tokens {prompt} ({r['prompt_share_of_body_tokens']:.0%} of real tokens), "
+            f"{saved} not computed twice, eval {r['eval_s_per_pair']:.2f} s/pair (CPU {r['eval_cpu_s_per_pair']:.2f}) = "
             f"{r['eval_over_train_per_pair']:.2f}x train s/pair",
             flush=True,
         )
+    if "rows" in result:
+        result["shared_over_rows_tokens_per_s"] = (
+            result["fast"]["real_tokens_per_s"] / result["rows"]["real_tokens_per_s"]
+        )
+        print(f"fast/rows real tokens/s (prompt shared / per row): {result['shared_over_rows_tokens_per_s']:.2f}x")
     if "before" in result:
         result["real_tokens_per_s_ratio"] = result["fast"]["real_tokens_per_s"] / result["before"]["real_tokens_per_s"]
         result["real_tokens_per_cpu_s_ratio"] = (
@@ -412,15 +441,18 @@ def main(argv=None) -> int:
 
     kl_grad = "rejected" if args.loss_type == "tdpo2" else "all"
 
-    def loss_fn(fast):
+    def loss_fn(fast, share=True):
         def f(m):
-            s = stats.batch_statistics(m, batch, fast=fast, chunk_size=args.chunk_size, kl_grad=kl_grad)
+            s = stats.batch_statistics(
+                m, batch, fast=fast, chunk_size=args.chunk_size, kl_grad=kl_grad, share_prompt=share
+            )
             ch, rj = split_pairs(s)
             return preference_loss(ch, rj, args.loss_type, args.beta, args.alpha).losses.mean()
 
         return f
 
     vg = {k: nn.value_and_grad(model, loss_fn(k == "fast")) for k in ("plain", "fast")}
+    vg["rows"] = nn.value_and_grad(model, loss_fn(True, share=False))
     if args.before:
         old = load_before(args.before)
 
@@ -434,6 +466,8 @@ def main(argv=None) -> int:
 
     # --- parity on identical parameters (also the untimed warm-up of each kind) ---
     kinds = ["plain", "fast"] if args.only == "both" else [args.only]
+    if args.rows:
+        kinds.append("rows")
     if args.before:
         kinds.append("before")
     result: dict = {}
@@ -507,6 +541,9 @@ def main(argv=None) -> int:
         result[f"{k}_tokens_per_s"] = n_tok / med
         result[f"{k}_cpu_s"] = statistics.median(cpu[k])  # less sensitive to other processes
         print(f"{k:5s}: median {med:.2f} s/step, {n_tok / med:.1f} tokens/s, peak {max(peaks[k]):.2f} GB")
+    if "rows" in kinds and "fast" in kinds:
+        result["fast_over_rows"] = result["fast_step_s"] / result["rows_step_s"]
+        print(f"fast/rows (prompt shared / computed per row): step time {result['fast_over_rows']:.3f}x")
     if "before" in kinds:
         result["fast_over_before"] = result["fast_step_s"] / result["before_step_s"]
         print(f"fast/before: step time {result['fast_over_before']:.3f}x")

@@ -71,6 +71,11 @@ class TrainConfig:
     )
     dtype: str | None = _f(None, "compute dtype (float32, bfloat16, float16); None = float32 on CPU, bfloat16 on GPU")
     grad_checkpoint: bool = _f(False, "recompute block activations in the backward pass (less memory, ~30%% slower)")
+    share_prompt: bool = _f(
+        True,
+        "compute each pair's prompt once for chosen and rejected (exact; off: every row in full; "
+        "off anyway under --grad-checkpoint)",
+    )
 
     # data
     data: str | None = _f(None, "training preference data: JSON/JSONL(.gz)/Parquet file, directory or hub dataset")

@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.trainer import grad_checkpoint
 
 from .models import adapters_disabled
+from .shared_prompt import prompt_sharing_ok, shared_hidden, shared_layout
 from .stats import SequenceStatistics, model_statistics, vocab_sum
 
 # ---------------------------------------------------------------------------------------------
@@ -375,14 +376,15 @@ def default_chunk_size(vocab: int) -> int:
     return 1 << (c.bit_length() - 1)  # a power of two
 
 
-def head_statistics(pol: _HeadPlan, ref: _HeadPlan, hidden, ref_hidden, batch, groups, differentiable: bool):
+def head_statistics(pol: _HeadPlan, ref: _HeadPlan, hidden, ref_hidden, targets, groups, differentiable: bool):
     """Per-position (tok, ref_tok, kl) at the scored positions of ``groups`` (:func:`_chunk_plan`)
-    from final hidden states (N, T, D) of policy and reference, and the (N, P') float32 matrix
-    that sums them into rows. The LM-head part of :func:`batch_statistics`."""
-    n, t = batch.target_mask.shape
+    from final hidden states (N, T, D) of policy and reference and the (N, T) int targets, and
+    the (N, P') float32 matrix that sums them into rows. The LM-head part of
+    :func:`batch_statistics`."""
+    n, t = targets.shape
     hidden = hidden.reshape(n * t, -1)
     ref_hidden = mx.stop_gradient(ref_hidden.reshape(n * t, -1))
-    flat_targets = batch.targets.reshape(-1)
+    flat_targets = targets.reshape(-1)
     trainable = _has_trainable(pol.module) and differentiable
     outs, rows = [], []
     for idx, row_of, cg, need_kl in groups:
@@ -423,6 +425,7 @@ def batch_statistics(
     chunk_size: int | None = None,
     differentiable: bool = True,
     kl_grad: str = "all",
+    share_prompt: bool = True,
 ) -> SequenceStatistics:
     """TDPO statistics of a :class:`tdpo_mlx.data.Batch`: the trainer's entry point.
 
@@ -445,6 +448,9 @@ def batch_statistics(
         kl_grad: ``"all"``, or ``"rejected"`` when the chosen rows' KL gets no gradient (TDPO2's
             sg(KL_w), Zeng et al. Eq. 18): their KL backward map is then not computed, and a
             gradient reaching it is dropped.
+        share_prompt: compute each pair's prompt once for chosen and rejected, for the policy
+            and the reference (:mod:`tdpo_mlx.shared_prompt`; models it does not fit, checked
+            once, use the full rows). False runs every row in full.
 
     Returns:
         :class:`SequenceStatistics`, fields (2B,) float32, chosen rows first.
@@ -474,24 +480,29 @@ def batch_statistics(
 
     if kl_grad not in ("all", "rejected"):
         raise ValueError(f"kl_grad must be 'all' or 'rejected', got {kl_grad!r}")
-    inputs = batch.input_ids[:, :-1]
-    mask = batch.target_mask
-    n, t = mask.shape
     c = int(chunk_size or default_chunk_size(pol.vocab))
     if c < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    layout = shared_layout(batch) if share_prompt and _can_share(model, reference_model, pol, ref) else None
+    if layout is not None:
+        inputs, targets, mask = layout, layout.targets, layout.mask
+        run_body = shared_hidden
+    else:
+        inputs, targets, mask = batch.input_ids[:, :-1], batch.targets, batch.target_mask
+        run_body = _call_body
     # rows [0, B) chosen, [B, 2B) rejected: chunk each group on its own, so a chunk's KL
     # map is either needed or not
+    n = mask.shape[0]
     split = batch.n_pairs if kl_grad == "rejected" and differentiable else n
     groups = _chunk_plan(mask, c, split)
 
-    hidden = pol.body(inputs)
+    hidden = run_body(pol.body, inputs)
     if reference_model is not None:
-        ref_hidden = ref.body(inputs)
+        ref_hidden = run_body(ref.body, inputs)
     else:
         with adapters_disabled(model):
-            ref_hidden = ref.body(inputs)
-    tok, ref_tok, kl, rows_mx = head_statistics(pol, ref, hidden, ref_hidden, batch, groups, differentiable)
+            ref_hidden = run_body(ref.body, inputs)
+    tok, ref_tok, kl, rows_mx = head_statistics(pol, ref, hidden, ref_hidden, targets, groups, differentiable)
 
     n_tok = mx.sum(mask.astype(mx.float32), axis=-1)
     logps = rows_mx @ tok
@@ -501,6 +512,17 @@ def batch_statistics(
         d = mx.maximum(n_tok, 1.0)
         logps, ref_logps, seq_kl = logps / d, ref_logps / d, seq_kl / d
     return SequenceStatistics(logps, ref_logps, logps - ref_logps, seq_kl, n_tok)
+
+
+def _call_body(body, inputs):
+    return body(inputs)
+
+
+def _can_share(model, reference_model, pol: _HeadPlan, ref: _HeadPlan) -> bool:
+    """Prompt sharing fits the policy's body and the reference's (:func:`prompt_sharing_ok`)."""
+    if not prompt_sharing_ok(model, pol.body):
+        return False
+    return reference_model is None or prompt_sharing_ok(reference_model, ref.body)
 
 
 def enable_grad_checkpoint(model) -> None:

@@ -116,6 +116,7 @@ def batch_loss(
     average_log_prob=False,
     total_pairs=None,
     differentiable=True,
+    share_prompt=True,
 ):
     """Training objective of one (micro-)batch.
 
@@ -127,6 +128,7 @@ def batch_loss(
             accumulation pass the number of pairs of the whole step, so that summing the
             micro-batch gradients gives the gradient of the mean over all pairs.
         differentiable: False for evaluation (no gradient will be taken).
+        share_prompt: compute each pair's prompt once (:mod:`tdpo_mlx.shared_prompt`).
 
     Returns:
         ``(loss, sums)``: loss a scalar float32 = sum_i loss_i / total_pairs; ``sums`` a dict of
@@ -139,6 +141,7 @@ def batch_loss(
         average_log_prob=average_log_prob,
         differentiable=differentiable,
         kl_grad="rejected" if loss_type == "tdpo2" else "all",  # TDPO2: sg(KL_w), no map needed
+        share_prompt=share_prompt,
     )
     chosen, rejected = split_pairs(stats)
     out = preference_loss(chosen, rejected, loss_type, beta, alpha)
@@ -380,6 +383,7 @@ def _loss_options(config: TrainConfig, reference) -> dict:
         alpha=config.alpha,
         reference_model=reference,
         average_log_prob=config.average_log_prob,
+        share_prompt=config.share_prompt,
     )
 
 
