@@ -244,6 +244,62 @@ def _describe(value) -> str:
     return "null" if value is None else f"{value!r} ({type(value).__name__})"
 
 
+def _to_bool(value, wrong) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise wrong("true or false (yes/no, on/off)")
+
+
+def _to_int(value, wrong) -> int:
+    if isinstance(value, bool):
+        raise wrong("an integer")
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip()) if any(c in value for c in ".eE") else int(value.strip())
+        except ValueError:
+            raise wrong("an integer") from None
+    if isinstance(number, float) and number.is_integer():
+        number = int(number)
+    if not isinstance(number, int):
+        raise wrong("an integer")
+    return number
+
+
+def _to_float(value, wrong) -> float:
+    if isinstance(value, bool):
+        raise wrong("a number")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise wrong("a number") from None
+    if not math.isfinite(number):
+        raise wrong("a finite number")
+    return number
+
+
+def _to_list(value, wrong) -> list:
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise wrong("a list of names")
+    return list(value)
+
+
+def _to_str(value, wrong) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise wrong("a string")
+    return str(value)
+
+
+# field type -> converter(value, wrong) (``wrong(what)`` builds the error naming the option)
+_CONVERTERS = {int: _to_int, float: _to_float, list: _to_list, str: _to_str}
+
+
 def convert_value(name: str, value, where: str | None = None):
     """``value`` converted to the type of TrainConfig field ``name`` and checked against its choices.
 
@@ -269,47 +325,9 @@ def convert_value(name: str, value, where: str | None = None):
         return UserError(f"{where}: expected {what}, got {_describe(value)}")
 
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise wrong("true or false (yes/no, on/off)")
-    if tp is int:
-        if isinstance(value, bool):
-            raise wrong("an integer")
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value.strip()) if any(c in value for c in ".eE") else int(value.strip())
-            except ValueError:
-                raise wrong("an integer") from None
-        if isinstance(number, float) and number.is_integer():
-            number = int(number)
-        if not isinstance(number, int):
-            raise wrong("an integer")
-        value = number
-    elif tp is float:
-        if isinstance(value, bool):
-            raise wrong("a number")
-        try:
-            number = float(value.strip() if isinstance(value, str) else value)
-        except (TypeError, ValueError):
-            raise wrong("a number") from None
-        if not math.isfinite(number):
-            raise wrong("a finite number")
-        value = number
-    elif tp is list:
-        if isinstance(value, str):
-            value = value.replace(",", " ").split()
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise wrong("a list of names")
-        value = list(value)
-    elif tp is str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise wrong("a string")
-        value = str(value)
+        return _to_bool(value, wrong)
+    if tp in _CONVERTERS:
+        value = _CONVERTERS[tp](value, wrong)
     choices = _FIELDS[name].metadata.get("choices")
     if choices and value not in choices:
         raise UserError(

@@ -237,11 +237,7 @@ def export(
     model_dir = resolve_model_dir(model)
     raw_config = _read_json(model_dir / "config.json")
     model_type = raw_config.get("model_type")
-    if to in ("peft", "hf"):
-        check_supported(model_type)
-    if to == "gguf":
-        gguf_architecture(model_type)
-        source_gguf(model_dir)
+    _check_target(to, model_type, model_dir)
 
     mlx_model, adapter_cfg = load_for_export(model_dir, adapter_path, lazy=(to == "peft"))
     info = cards.training_info(adapter_path)
@@ -256,22 +252,22 @@ def export(
         if to == "peft":
             files = write_peft(tmp, mlx_model, model_type, adapter_cfg, base_name, want_dtype)
             saved = dtype_name(want_dtype) if want_dtype is not None else None
-        elif to == "gguf":
-            mlx_model, _, lost = fuse_for_export(mlx_model, mx.float32)
-            issued += lost
-            write_gguf(tmp / GGUF_FILE, hf_weights(mlx_model, model_type), raw_config, model_dir, gguf_type)
-            files, saved = [GGUF_FILE], gguf_type
         else:
-            dt = want_dtype or float_dtype_of(mlx_model)
-            mlx_model, quantization, lost = fuse_for_export(mlx_model, dt, quantize, group_size)
+            files, saved, lost = _write_fused(
+                tmp,
+                to,
+                mlx_model,
+                model_type,
+                raw_config,
+                model_dir,
+                want_dtype,
+                quantize,
+                group_size,
+                max_bytes,
+                gguf_type,
+            )
             issued += lost
-            if to == "hf":
-                files = write_hf(tmp, mlx_model, model_type, raw_config, model_dir, dt, max_bytes)
-            else:
-                files = write_mlx(tmp, mlx_model, raw_config, model_dir, dt, max_bytes, quantization)
-            saved = dtype_name(dt)
-        card = cards.model_card(to, info, base_name, notes=issued or None)
-        write_text(tmp / "README.md", card)
+        write_text(tmp / "README.md", cards.model_card(to, info, base_name, notes=issued or None))
         files.append("README.md")
     result = ExportResult(
         out=Path(out).resolve(),
@@ -285,6 +281,38 @@ def export(
     if push_to_hub:
         result.hub_url = upload_to_hub(result.out, push_to_hub, private=private)
     return result
+
+
+def _check_target(to: str, model_type: str | None, model_dir: Path) -> None:
+    """Refuse early what the target cannot hold.
+
+    Raises:
+        UnsupportedExportError: no Hugging Face mapping (``peft``, ``hf``) or GGUF architecture
+            (``gguf``) for ``model_type``; a ``gguf`` export without the model's source GGUF.
+    """
+    if to in ("peft", "hf"):
+        check_supported(model_type)
+    if to == "gguf":
+        gguf_architecture(model_type)
+        source_gguf(model_dir)
+
+
+def _write_fused(
+    tmp: Path, to: str, model, model_type, raw_config, model_dir, want_dtype, quantize, group_size, max_bytes, gguf_type
+):
+    """Fuse the adapters into ``model`` and write it as ``to`` (``hf``, ``mlx`` or ``gguf``) into
+    ``tmp``; returns (files, saved dtype or GGUF type, warnings about what fusing lost)."""
+    if to == "gguf":
+        model, _, lost = fuse_for_export(model, mx.float32)
+        write_gguf(tmp / GGUF_FILE, hf_weights(model, model_type), raw_config, model_dir, gguf_type)
+        return [GGUF_FILE], gguf_type, lost
+    dt = want_dtype or float_dtype_of(model)
+    model, quantization, lost = fuse_for_export(model, dt, quantize, group_size)
+    if to == "hf":
+        files = write_hf(tmp, model, model_type, raw_config, model_dir, dt, max_bytes)
+    else:
+        files = write_mlx(tmp, model, raw_config, model_dir, dt, max_bytes, quantization)
+    return files, dtype_name(dt), lost
 
 
 def upload_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:

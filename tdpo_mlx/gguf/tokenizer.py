@@ -64,12 +64,6 @@ _PRE_TOKENIZER_SPLITS = {
 }
 
 
-def _special_tokens(tokens: list[str], types: list[int]) -> tuple[list[int], list[int]]:
-    control = [i for i, t in enumerate(types) if t == _TOKEN_CONTROL]
-    user = [i for i, t in enumerate(types) if t == _TOKEN_USER_DEFINED]
-    return control, user
-
-
 def build_tokenizer(g: GGUFContents):
     """Rebuild the model's tokenizer as a ``tokenizers.Tokenizer`` from GGUF metadata.
 
@@ -84,97 +78,134 @@ def build_tokenizer(g: GGUFContents):
     """
     md = g.metadata
     kind = md.get("tokenizer.ggml.model")
-    tokens: list[str] = md.get("tokenizer.ggml.tokens") or []
-    if not tokens:
+    raw_tokens: list[str] = md.get("tokenizer.ggml.tokens") or []
+    if not raw_tokens:
         raise GGUFImportError(f"{g.path}: no tokenizer.ggml.tokens in the metadata; the file carries no tokenizer")
-    types: list[int] = md.get("tokenizer.ggml.token_type") or [_TOKEN_NORMAL] * len(tokens)
-    arch = g.architecture
-    raw_tokens = tokens
-
-    def tok_at(key: str) -> str | None:
-        i = md.get(f"tokenizer.ggml.{key}")
-        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
-
+    types: list[int] = md.get("tokenizer.ggml.token_type") or [_TOKEN_NORMAL] * len(raw_tokens)
+    control = [i for i, t in enumerate(types) if t == _TOKEN_CONTROL]
     if kind == "llama":
-        is_gemma = arch.startswith("gemma")
-        if is_gemma:
-            # Gemma files spell tokens of 2+ spaces with real spaces; the BPE sees "▁" (transformers'
-            # gguf gemma_tokenizer does the same respelling).
-            tokens = ["\u2581" * len(t) if (" " in t and not t.strip(" ")) else t for t in tokens]
-        vocab = {}
-        for i, t in enumerate(tokens):
-            vocab.setdefault(t, i)
-        if is_gemma:  # Gemma's scores do not follow merge order; file order does
-            rank = {t: i for t, i in vocab.items()}
-        else:
-            scores = md.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
-            rank = {t: -float(scores[i]) for t, i in vocab.items()}
-        mergeable = [t for t, i in vocab.items() if types[i] in (_TOKEN_NORMAL, _TOKEN_USER_DEFINED)]
-        merges = _generate_merges(mergeable, rank, vocab)
-        unk = tok_at("unknown_token_id") or "<unk>"
-        tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
-        add_prefix = md.get("tokenizer.ggml.add_space_prefix", not is_gemma)
-        if add_prefix:
-            tk.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-            tk.decoder = decoders.Sequence(
-                [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-            )
-        else:
-            tk.normalizer = normalizers.Replace(" ", "\u2581")
-            tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+        gemma = g.architecture.startswith("gemma")
+        tokens = _gemma_spaces(raw_tokens) if gemma else raw_tokens
+        tk = _sentencepiece_bpe(md, tokens, types, gemma)
     elif kind == "gpt2":
-        spelling = bytes_to_unicode()
-        alphabet = set(spelling.values())
-        vocab = {}
-        for i, t in enumerate(tokens):
-            if types[i] in (_TOKEN_NORMAL, _TOKEN_BYTE, _TOKEN_UNKNOWN) and not set(t) <= alphabet:
-                t = "".join(spelling[b] for b in t.encode("utf-8"))
-            vocab.setdefault(t, i)
-        raw_merges = md.get("tokenizer.ggml.merges")
-        if not raw_merges:
-            raise GGUFImportError(f"{g.path}: byte-level BPE vocabulary without tokenizer.ggml.merges")
-        merges = [tuple(m.split(" ", 1)) for m in raw_merges]
-        tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-        pre = md.get("tokenizer.ggml.pre", "default")
-        splits = _PRE_TOKENIZER_SPLITS.get(pre)
-        if splits is None:
-            warnings.warn(
-                f"{g.path}: pre-tokenizer {pre!r} is not known here (known: {sorted(_PRE_TOKENIZER_SPLITS)}); "
-                "splitting text with GPT-2's regex, token ids may differ from llama.cpp's",
-                stacklevel=2,
-            )
-            splits = (_GPT2_SPLIT,)
-        tk.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                *(pre_tokenizers.Split(Regex(r), behavior="isolated") for r in splits),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-        tk.decoder = decoders.ByteLevel()
+        tokens = raw_tokens
+        tk, vocab = _byte_level_bpe(g, tokens, types)
+        control = [i for i in control if tokens[i] in vocab]
     else:
         raise GGUFImportError(
             f"{g.path}: tokenizer model {kind!r} is not supported (supported: 'llama' SentencePiece BPE, 'gpt2' byte-level BPE)"
         )
-
-    control, user = _special_tokens(tokens, types)
-    if kind == "gpt2":
-        control = [i for i in control if tokens[i] in vocab]
     tk.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in control])
     # user-defined tokens stay whole in raw text (e.g. "\n\n"); ones respelled above are BPE pieces
-    user_tokens = [tokens[i] for i in user if tokens[i] == raw_tokens[i]]
-    if user_tokens:
-        tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in user_tokens])
+    user = [t for i, t in enumerate(tokens) if types[i] == _TOKEN_USER_DEFINED and t == raw_tokens[i]]
+    if user:
+        tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
+    info = _special_info(md, tokens, kind)
+    post = _post_processor(md, info, kind)
+    if post is not None:
+        tk.post_processor = post
+    return tk, info
 
-    bos, eos = tok_at("bos_token_id"), tok_at("eos_token_id")
-    add_bos = bool(md.get("tokenizer.ggml.add_bos_token", kind == "llama"))
-    add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False))
+
+def _token_at(md: dict, tokens: list[str], key: str) -> str | None:
+    """The token whose id metadata ``tokenizer.ggml.<key>`` names (None when unset or out of range)."""
+    i = md.get(f"tokenizer.ggml.{key}")
+    return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+
+def _gemma_spaces(tokens: list[str]) -> list[str]:
+    """Gemma files spell tokens of 2+ spaces with real spaces; the BPE sees "▁" (transformers'
+    gguf gemma_tokenizer does the same respelling)."""
+    return ["\u2581" * len(t) if (" " in t and not t.strip(" ")) else t for t in tokens]
+
+
+def _sentencepiece_bpe(md: dict, tokens: list[str], types: list[int], gemma: bool) -> Tokenizer:
+    """SentencePiece BPE with byte fallback (``tokenizer.ggml.model`` = ``llama``): merges from
+    the scores (Gemma: from file order), a "▁" prefix unless ``add_space_prefix`` is false."""
+    vocab = {}
+    for i, t in enumerate(tokens):
+        vocab.setdefault(t, i)
+    if gemma:  # Gemma's scores do not follow merge order; file order does
+        rank = {t: i for t, i in vocab.items()}
+    else:
+        scores = md.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+        rank = {t: -float(scores[i]) for t, i in vocab.items()}
+    mergeable = [t for t, i in vocab.items() if types[i] in (_TOKEN_NORMAL, _TOKEN_USER_DEFINED)]
+    merges = _generate_merges(mergeable, rank, vocab)
+    unk = _token_at(md, tokens, "unknown_token_id") or "<unk>"
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    if md.get("tokenizer.ggml.add_space_prefix", not gemma):
+        tk.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+        tk.decoder = decoders.Sequence(
+            [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
+    else:
+        tk.normalizer = normalizers.Replace(" ", "\u2581")
+        tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return tk
+
+
+def _byte_level_bpe(g: GGUFContents, tokens: list[str], types: list[int]) -> tuple[Tokenizer, dict[str, int]]:
+    """Byte-level BPE (``tokenizer.ggml.model`` = ``gpt2``) with llama.cpp's pre-tokenizer splits;
+    returns the tokenizer and its vocabulary (tokens in GPT-2's byte spelling)."""
+    md = g.metadata
+    spelling = bytes_to_unicode()
+    alphabet = set(spelling.values())
+    vocab = {}
+    for i, t in enumerate(tokens):
+        if types[i] in (_TOKEN_NORMAL, _TOKEN_BYTE, _TOKEN_UNKNOWN) and not set(t) <= alphabet:
+            t = "".join(spelling[b] for b in t.encode("utf-8"))
+        vocab.setdefault(t, i)
+    raw_merges = md.get("tokenizer.ggml.merges")
+    if not raw_merges:
+        raise GGUFImportError(f"{g.path}: byte-level BPE vocabulary without tokenizer.ggml.merges")
+    merges = [tuple(m.split(" ", 1)) for m in raw_merges]
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    pre = md.get("tokenizer.ggml.pre", "default")
+    splits = _PRE_TOKENIZER_SPLITS.get(pre)
+    if splits is None:
+        warnings.warn(
+            f"{g.path}: pre-tokenizer {pre!r} is not known here (known: {sorted(_PRE_TOKENIZER_SPLITS)}); "
+            "splitting text with GPT-2's regex, token ids may differ from llama.cpp's",
+            stacklevel=3,
+        )
+        splits = (_GPT2_SPLIT,)
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            *(pre_tokenizers.Split(Regex(r), behavior="isolated") for r in splits),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tk.decoder = decoders.ByteLevel()
+    return tk, vocab
+
+
+def _special_info(md: dict, tokens: list[str], kind: str) -> dict:
+    """The special token strings (bos/eos/unk/pad; pad falls back to eos), ``add_bos`` (default:
+    SentencePiece models), ``add_eos`` and the chat template."""
+    eos = _token_at(md, tokens, "eos_token_id")
+    pad = _token_at(md, tokens, "padding_token_id")
+    return {
+        "bos_token": _token_at(md, tokens, "bos_token_id"),
+        "eos_token": eos,
+        "unk_token": _token_at(md, tokens, "unknown_token_id"),
+        "pad_token": pad if pad is not None else eos,
+        "add_bos": bool(md.get("tokenizer.ggml.add_bos_token", kind == "llama")),
+        "add_eos": bool(md.get("tokenizer.ggml.add_eos_token", False)),
+        "chat_template": md.get("tokenizer.chat_template"),
+    }
+
+
+def _post_processor(md: dict, info: dict, kind: str):
+    """A template adding BOS/EOS as the flags say; else byte-level offsets (``gpt2``); else None."""
+    bos, eos = info["bos_token"], info["eos_token"]
     specials: dict[str, int] = {}
     prefix: list[str] = []
     suffix: list[str] = []
-    if add_bos and bos is not None:
+    if info["add_bos"] and bos is not None:
         prefix.append(bos)
         specials[bos] = int(md["tokenizer.ggml.bos_token_id"])
-    if add_eos and eos is not None:
+    if info["add_eos"] and eos is not None:
         suffix.append(eos)
         specials[eos] = int(md["tokenizer.ggml.eos_token_id"])
     if specials:
@@ -182,25 +213,14 @@ def build_tokenizer(g: GGUFContents):
         def seq(piece: str, type_id: int) -> list[str]:
             return [f"{t}:{type_id}" for t in prefix] + [f"{piece}:{type_id}"] + [f"{t}:{type_id}" for t in suffix]
 
-        tk.post_processor = processors.TemplateProcessing(
+        return processors.TemplateProcessing(
             single=" ".join(seq("$A", 0)),
             pair=" ".join(seq("$A", 0) + seq("$B", 1)),
             special_tokens=list(specials.items()),
         )
-    elif kind == "gpt2":
-        tk.post_processor = processors.ByteLevel(trim_offsets=False)
-
-    pad = tok_at("padding_token_id")
-    info = {
-        "bos_token": bos,
-        "eos_token": eos,
-        "unk_token": tok_at("unknown_token_id"),
-        "pad_token": pad if pad is not None else eos,
-        "add_bos": add_bos,
-        "add_eos": add_eos,
-        "chat_template": md.get("tokenizer.chat_template"),
-    }
-    return tk, info
+    if kind == "gpt2":
+        return processors.ByteLevel(trim_offsets=False)
+    return None
 
 
 def save_tokenizer(g: GGUFContents, out_dir: str | os.PathLike) -> dict[str, Any]:
