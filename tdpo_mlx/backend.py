@@ -6,7 +6,8 @@ optimized CBLAS loaded into the global symbol scope (``RTLD_GLOBAL``) *before* `
 is imported takes those calls over (measured here: about 20x on 2 cores, see
 ``tdpo-mlx doctor``). :func:`load_fast_blas` does that; ``import tdpo_mlx`` calls it.
 
-This module must not import ``mlx`` at module level, for the same reason.
+This module must not import ``mlx`` (nor ``numpy``, whose own BLAS would load first) at module
+level, for the same reason: its functions import them when called.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import json
 import logging
 import os
+import platform
+import subprocess
 import sys
+import time
+from importlib import metadata
 
 log = logging.getLogger("tdpo_mlx")
 
@@ -31,8 +37,6 @@ def _mkl_candidates() -> list[str]:
     """libmkl_rt from the ``mkl`` wheel: its recorded files, then ``<prefix>/lib``."""
     found: list[str] = []
     try:
-        from importlib import metadata
-
         dist = metadata.distribution("mkl")
         for f in dist.files or []:
             if os.path.basename(str(f)).startswith("libmkl_rt.so"):
@@ -133,8 +137,6 @@ def load_fast_blas() -> str | None:
 
 def install_hint() -> str:
     """What to install for a fast CPU matmul on this platform (one line)."""
-    import platform
-
     if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
         return 'pip install "tdpo-mlx[blas]" (Intel MKL wheel), or apt install libopenblas0-pthread'
     if sys.platform.startswith("linux"):
@@ -270,8 +272,6 @@ def matmul_gflops(n: int = 1024, repeats: int = 5, dtype: str = "float32") -> di
         ``{"gflops": best GFLOP/s (2 n^3 / seconds / 1e9), "max_abs_err": vs NumPy float64,
         "n": n}``. A wrong BLAS shows as a large error.
     """
-    import time
-
     import mlx.core as mx
     import numpy as np
 
@@ -301,9 +301,6 @@ def measure_in_subprocess(blas: str | None = None, n: int = 1024, repeats: int =
     Raises:
         RuntimeError: if the child process fails.
     """
-    import json
-    import subprocess
-
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)

@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module ``tdpo_mlx.cli.<name>`` with two functions:
 ``add_parser(subparsers)`` (declares the options, with defaults shown by ``--help``) and
-``run(args) -> int``. Modules are imported only for the subcommand that runs.
+``run(args) -> int``. Modules are imported only for the subcommand that runs, and ``run`` imports
+the library it drives (mlx, transformers, datasets) itself, so that parsing stays quick.
 
 Errors: a :class:`tdpo_mlx.errors.UserError` (bad data, option, path, config key...) and every
 command-line parsing error print as one line ``tdpo-mlx <command>: error: <message>`` on stderr
@@ -17,7 +18,10 @@ import importlib
 import os
 import sys
 import traceback
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
+from .. import __version__
 from ..errors import UserError, did_you_mean, one_line
 
 # subcommand name -> module under tdpo_mlx.cli
@@ -72,13 +76,9 @@ def _debug() -> bool:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("tdpo-mlx")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        from .. import __version__
-
         return __version__
 
 
@@ -122,8 +122,6 @@ def _from_hub(e: BaseException) -> bool:
 
 def _hub_message(args: argparse.Namespace, e: BaseException) -> str:
     """One line naming the hub ids the command was given and the hub's own first line."""
-    from pathlib import Path
-
     names = [
         f"--{k.replace('_', '-')} {v}"
         for k, v in sorted(vars(args).items())

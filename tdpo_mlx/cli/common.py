@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
+import struct
 from pathlib import Path
 
-from ..errors import NotFoundError, UserError, did_you_mean, looks_like_path, near_misses, require_path
+from ..errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    UserError,
+    did_you_mean,
+    looks_like_path,
+    near_misses,
+    read_text,
+    require_path,
+)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -118,8 +129,6 @@ def check_output_dir(value, option: str = "--out", overwrite_flag: str | None = 
         UserError: it is a file; AlreadyExistsError: not empty and ``overwrite_flag`` was not given
             (pass ``overwrite_flag=None`` when it was).
     """
-    from ..errors import AlreadyExistsError
-
     p = Path(value).expanduser()
     if p.exists() and not p.is_dir():
         raise UserError(f"{option} {value} is a file; give a folder")
@@ -135,8 +144,6 @@ def check_prompts_file(value, option: str) -> None:
     Raises:
         NotFoundError, UserError: naming the option and the file (and line, for bad bytes).
     """
-    from ..errors import read_text
-
     if not read_text(value, "prompt file", option).strip():
         raise UserError(f"{option} {value}: the file is empty; give one prompt per line (or JSON lines with 'prompt')")
 
@@ -147,10 +154,6 @@ _SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "
 def written_summary(out) -> str:
     """What the export holds, read back from its files: the float dtype(s) of the saved
     tensors (safetensors headers) and, for a quantized MLX export, its bits and group size."""
-    import json
-    import struct
-    from pathlib import Path
-
     dtypes = set()
     for f in sorted(Path(out).glob("*.safetensors")):
         with open(f, "rb") as fh:

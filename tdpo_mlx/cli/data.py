@@ -8,7 +8,9 @@ scores), with token counts.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..config import DATA_FORMATS, TRUNCATION_MODES
 from ..errors import UserError
 from .common import HelpFormatter, check_model
 
@@ -25,7 +27,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-format",
         default="auto",
-        choices=["auto", "standard", "implicit", "conversational"],
+        choices=DATA_FORMATS,
         help="record format (auto: message lists -> conversational, a prompt key -> standard, "
         "else implicit HH-style whole texts)",
     )
@@ -38,7 +40,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-prompt-length", type=int, default=256, help="prompt tokens always kept when a pair must be truncated"
     )
-    p.add_argument("--truncation-mode", default="keep_end", choices=["keep_end", "keep_start"])
+    p.add_argument("--truncation-mode", default="keep_end", choices=TRUNCATION_MODES)
 
 
 def add_parser(subparsers) -> None:
@@ -66,8 +68,6 @@ def add_parser(subparsers) -> None:
 
 def load_tokenizer(model: str):
     """The tokenizer of ``model`` (:func:`tdpo_mlx.models.resolve_model`)."""
-    from pathlib import Path
-
     from ..models import resolve_model
 
     model = resolve_model(model)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .. import backend
 from .common import HelpFormatter, positive_int
 
 #: Below this float32 matmul throughput (GFLOP/s) on the CPU backend, training is impractically slow.
@@ -45,8 +46,6 @@ def diagnose(size: int = 1024, repeats: int = 5, compare: bool = True) -> dict:
     ``blas`` is reported too) and
     ``speedup`` (ratio of GFLOP/s); ``advice`` is a list of lines.
     """
-    from tdpo_mlx import backend
-
     dev = backend.device_info()
     report: dict = {
         "device": dev,

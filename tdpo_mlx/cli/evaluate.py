@@ -15,11 +15,10 @@ from .common import (
     check_prompts_file,
     positive_int,
 )
+from .generate import add_sampling_options
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .generate import add_sampling_options
-
     p = subparsers.add_parser(
         "eval",
         help="evaluate trained adapters against the reference on held-out prompts",
@@ -44,14 +43,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+SETTINGS = (
+    "model",
+    "adapter_path",
+    "prompts",
+    "reward",
+    "samples_per_prompt",
+    "max_tokens",
+    "temp",
+    "top_p",
+    "seed",
+    "chat",
+)
+
+
 def run(args) -> int:
-    from ..atomic import write_jsonl, write_text
-    from ..evaluation import (
-        KL_DIRECTION,
-        evaluate,
-        load_model,
-        markdown_table,
-    )
+    from ..evaluation import KL_DIRECTION, evaluate, load_model
     from ..generation import chat_prompts, read_prompts
     from ..rewards import load_reward
 
@@ -81,50 +88,36 @@ def run(args) -> int:
         progress=sys.stderr.isatty(),
     )
     out = pathlib.Path(args.out)
+    table = write_results(out, args, res, len(prompts), name)
+    print(table)
+    print(f"\nsequence KL direction: {KL_DIRECTION}")
+    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'samples.jsonl'}")
+    return 0
+
+
+def write_results(out: pathlib.Path, args, res, n_prompts: int, name: str) -> str:
+    """``eval.json`` (settings and rows), ``eval.md`` (the table in words) and ``samples.jsonl``
+    (every sample with its reward) of an evaluation; returns the markdown table."""
+    from ..atomic import write_jsonl, write_text
+    from ..evaluation import KL_DIRECTION, markdown_table
+
     rows = [res.reference, res.policy]
-    settings = {
-        k: getattr(args, k)
-        for k in (
-            "model",
-            "adapter_path",
-            "prompts",
-            "reward",
-            "samples_per_prompt",
-            "max_tokens",
-            "temp",
-            "top_p",
-            "seed",
-            "chat",
-        )
-    }
-    write_text(
-        out / "eval.json",
-        json.dumps(
-            {"kl_direction": KL_DIRECTION, "settings": settings, "n_prompts": len(prompts), "rows": rows}, indent=2
-        ),
-    )
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    summary = {"kl_direction": KL_DIRECTION, "settings": settings, "n_prompts": n_prompts, "rows": rows}
+    write_text(out / "eval.json", json.dumps(summary, indent=2))
     table = markdown_table(rows)
     write_text(
         out / "eval.md",
         (
             f"# Evaluation\n\nmodel `{args.model}`, adapters `{args.adapter_path}`, reward `{args.reward}`, "
-            f"{len(prompts)} prompts x {args.samples_per_prompt} samples, up to {args.max_tokens} new tokens, "
+            f"{n_prompts} prompts x {args.samples_per_prompt} samples, up to {args.max_tokens} new tokens, "
             f"temperature {args.temp}.\n\n{table}\n\nSequence KL: {KL_DIRECTION}. Entropy: the policy's "
             "mean per-token predictive entropy over generated tokens. Win rate: policy sample vs reference "
             "sample for the same prompt and slot under the reward, ties count 1/2.\n"
         ),
     )
-    write_jsonl(
-        out / "samples.jsonl",
-        (
-            [
-                dict(model="reference", reward=r, **s.to_json())
-                for s, r in zip(res.reference_samples, res.reference_rewards)
-            ]
-            + [dict(model=name, reward=r, **s.to_json()) for s, r in zip(res.policy_samples, res.policy_rewards)]
-        ),
-    )
-    print(table)
-    print(f"\nsequence KL direction: {KL_DIRECTION}")
-    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'samples.jsonl'}")
-    return 0
+    samples = [
+        dict(model="reference", reward=r, **s.to_json()) for s, r in zip(res.reference_samples, res.reference_rewards)
+    ] + [dict(model=name, reward=r, **s.to_json()) for s, r in zip(res.policy_samples, res.policy_rewards)]
+    write_jsonl(out / "samples.jsonl", samples)
+    return table

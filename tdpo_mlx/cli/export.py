@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .common import HelpFormatter, check_adapter_path, check_model, check_output_dir, written_summary
 
@@ -62,10 +63,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    import warnings
-
-    import tdpo_mlx  # noqa: F401  (fast BLAS before mlx.core)
-    from tdpo_mlx.export import export
+    from ..export import export
 
     check_model(args.model)
     check_adapter_path(args.adapter_path)

@@ -52,8 +52,6 @@ def _dir_size(path: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
-
     from ..gguf import import_gguf
 
     check_output_dir(args.out, "--out", overwrite_flag=None if args.force else "--force")
