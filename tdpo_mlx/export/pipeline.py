@@ -253,19 +253,8 @@ def export(
             files = write_peft(tmp, mlx_model, model_type, adapter_cfg, base_name, want_dtype)
             saved = dtype_name(want_dtype) if want_dtype is not None else None
         else:
-            files, saved, lost = _write_fused(
-                tmp,
-                to,
-                mlx_model,
-                model_type,
-                raw_config,
-                model_dir,
-                want_dtype,
-                quantize,
-                group_size,
-                max_bytes,
-                gguf_type,
-            )
+            fused = dict(quantize=quantize, group_size=group_size, max_bytes=max_bytes, gguf_type=gguf_type)
+            files, saved, lost = _write_fused(tmp, to, mlx_model, raw_config, model_dir, want_dtype, **fused)
             issued += lost
         write_text(tmp / "README.md", cards.model_card(to, info, base_name, notes=issued or None))
         files.append("README.md")
@@ -298,10 +287,21 @@ def _check_target(to: str, model_type: str | None, model_dir: Path) -> None:
 
 
 def _write_fused(
-    tmp: Path, to: str, model, model_type, raw_config, model_dir, want_dtype, quantize, group_size, max_bytes, gguf_type
+    tmp: Path,
+    to: str,
+    model,
+    raw_config: dict,
+    model_dir: Path,
+    want_dtype,
+    *,
+    quantize,
+    group_size,
+    max_bytes,
+    gguf_type,
 ):
     """Fuse the adapters into ``model`` and write it as ``to`` (``hf``, ``mlx`` or ``gguf``) into
     ``tmp``; returns (files, saved dtype or GGUF type, warnings about what fusing lost)."""
+    model_type = raw_config.get("model_type")
     if to == "gguf":
         model, _, lost = fuse_for_export(model, mx.float32)
         write_gguf(tmp / GGUF_FILE, hf_weights(model, model_type), raw_config, model_dir, gguf_type)
