@@ -9,18 +9,14 @@ import json
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
-from gguf import GGUFWriter
 from support.gguf_files import (
-    GEMMA_HF_TO_GGUF,
-    add_tensor,
     byte_level_vocab,
-    finish,
-    gguf_name,
     loaded_weights,
+    random_gemma3_hf,
     random_llama_hf,
     sentencepiece_vocab,
     stored,
-    write_header,
+    write_gemma3_like,
     write_llama_like,
 )
 from support.models import make_adapter, make_model_dir, mlx_logits
@@ -36,43 +32,7 @@ GEMMA_TEMPLATE = "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['c
 
 
 def write_gemma3(path, rng):
-    tokens, scores, ttypes = sentencepiece_vocab()
-    vocab, h, f, nh, hd = len(tokens), 64, 128, 2, 32
-    hf = {"model.embed_tokens.weight": rng.normal(0, 0.5, (vocab, h)), "model.norm.weight": 0.1 * rng.normal(size=h)}
-    for i in range(6):
-        p = f"model.layers.{i}."
-        for n in (
-            "input_layernorm",
-            "post_attention_layernorm",
-            "pre_feedforward_layernorm",
-            "post_feedforward_layernorm",
-        ):
-            hf[p + n + ".weight"] = 0.1 * rng.normal(size=h)
-        hf[p + "self_attn.q_norm.weight"] = 0.1 * rng.normal(size=hd)
-        hf[p + "self_attn.k_norm.weight"] = 0.1 * rng.normal(size=hd)
-        hf[p + "self_attn.q_proj.weight"] = rng.normal(0, 0.2, (nh * hd, h))
-        hf[p + "self_attn.k_proj.weight"] = rng.normal(0, 0.2, (hd, h))
-        hf[p + "self_attn.v_proj.weight"] = rng.normal(0, 0.2, (hd, h))
-        hf[p + "self_attn.o_proj.weight"] = rng.normal(0, 0.2, (h, nh * hd))
-        hf[p + "mlp.gate_proj.weight"] = rng.normal(0, 0.2, (f, h))
-        hf[p + "mlp.up_proj.weight"] = rng.normal(0, 0.2, (f, h))
-        hf[p + "mlp.down_proj.weight"] = rng.normal(0, 0.2, (h, f))
-    w = GGUFWriter(str(path), "gemma3")
-    write_header(w, "gemma3", n_layers=6, hidden=h, ffn=f, heads=nh, kv_heads=1, head_dim=hd, theta=1e6)
-    w.add_sliding_window(4)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(ttypes)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
-    w.add_add_space_prefix(False)
-    w.add_chat_template(GEMMA_TEMPLATE)
-    for name, arr in hf.items():
-        arr = arr.astype(np.float32) + (1.0 if name.endswith("norm.weight") else 0.0)
-        add_tensor(w, gguf_name(name, GEMMA_HF_TO_GGUF), arr, Q.F32)
-    finish(w)
+    write_gemma3_like(path, random_gemma3_hf(rng, len(sentencepiece_vocab()[0])), GEMMA_TEMPLATE)
 
 
 def make_base(tmp_path, arch: str):

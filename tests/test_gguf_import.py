@@ -18,7 +18,7 @@ import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 from support.gguf_files import (  # noqa: E402
-    GEMMA_HF_TO_GGUF,
+    GEMMA3,
     LLAMA,
     add_tensor,
     byte_level_vocab,
@@ -28,9 +28,11 @@ from support.gguf_files import (  # noqa: E402
     loaded_weights,
     mlx_forward_from_weights,
     qtype_for,
+    random_gemma3_hf,
     random_llama_hf,
     sentencepiece_vocab,
     stored,
+    write_gemma3_like,
     write_header,
     write_llama_like,
 )
@@ -171,46 +173,11 @@ def test_qwen2_names_bias_tied_and_bytelevel(tmp_path):
 
 def test_gemma3_norms_minus_one_and_config(tmp_path):
     rng = np.random.default_rng(3)
-    tokens, scores, ttypes = sentencepiece_vocab()
-    vocab, h, f, nh, hd = len(tokens), 64, 128, 2, 32
-    hf = {"model.embed_tokens.weight": rng.normal(0, 0.5, (vocab, h)), "model.norm.weight": 0.1 * rng.normal(size=h)}
-    for i in range(6):  # mlx-lm gemma3_text needs >= sliding_window_pattern layers; layer 5 is global
-        p = f"model.layers.{i}."
-        for n in (
-            "input_layernorm",
-            "post_attention_layernorm",
-            "pre_feedforward_layernorm",
-            "post_feedforward_layernorm",
-        ):
-            hf[p + n + ".weight"] = 0.1 * rng.normal(size=h)
-        hf[p + "self_attn.q_norm.weight"] = 0.1 * rng.normal(size=hd)
-        hf[p + "self_attn.k_norm.weight"] = 0.1 * rng.normal(size=hd)
-        hf[p + "self_attn.q_proj.weight"] = rng.normal(0, 0.2, (nh * hd, h))
-        hf[p + "self_attn.k_proj.weight"] = rng.normal(0, 0.2, (hd, h))
-        hf[p + "self_attn.v_proj.weight"] = rng.normal(0, 0.2, (hd, h))
-        hf[p + "self_attn.o_proj.weight"] = rng.normal(0, 0.2, (h, nh * hd))
-        hf[p + "mlp.gate_proj.weight"] = rng.normal(0, 0.2, (f, h))
-        hf[p + "mlp.up_proj.weight"] = rng.normal(0, 0.2, (f, h))
-        hf[p + "mlp.down_proj.weight"] = rng.normal(0, 0.2, (h, f))
-    hf = {k: v.astype(np.float32) for k, v in hf.items()}
-
+    vocab = len(sentencepiece_vocab()[0])
+    h, f, nh, hd = GEMMA3["hidden"], GEMMA3["ffn"], GEMMA3["heads"], GEMMA3["head_dim"]
+    hf = random_gemma3_hf(rng, vocab)
     src = tmp_path / "tiny-gemma3.gguf"
-    w = gguf.GGUFWriter(str(src), "gemma3")
-    write_header(w, "gemma3", n_layers=6, hidden=h, ffn=f, heads=nh, kv_heads=1, head_dim=hd, theta=1e6)
-    w.add_sliding_window(4)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(ttypes)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
-    w.add_add_space_prefix(False)
-    for name, arr in hf.items():
-        if name.endswith("norm.weight"):
-            arr = arr + 1.0  # convert_hf_to_gguf.py Gemma3Model: norm weights stored as w + 1
-        add_tensor(w, gguf_name(name, GEMMA_HF_TO_GGUF), arr, Q.F32)
-    finish(w)
+    write_gemma3_like(src, hf)
 
     out = gi.import_gguf(src, tmp_path / "out")
     cfg = json.loads((out / "config.json").read_text())

@@ -213,3 +213,56 @@ def mlx_forward_from_weights(model_type, args: dict, weights: dict, ids):
 def loaded_weights(model_dir):
     """The float32 weights of an imported model directory, by name."""
     return {k: np.array(v.astype(mx.float32)) for k, v in mx.load(str(model_dir / "model.safetensors")).items()}
+
+
+# tiny gemma3: hidden 64, 2 heads of 32, 1 kv head, ffn 128; mlx-lm's gemma3_text needs
+# >= sliding_window_pattern (6) layers, and layer 5 is the global one
+GEMMA3 = dict(n_layers=6, hidden=64, ffn=128, heads=2, kv_heads=1, head_dim=32)
+
+
+def random_gemma3_hf(rng, vocab: int) -> dict:
+    """Random float32 gemma3 weights in Hugging Face layout (norm weights around 0: Gemma adds 1)."""
+    h, f, nh, hd = GEMMA3["hidden"], GEMMA3["ffn"], GEMMA3["heads"], GEMMA3["head_dim"]
+    hf = {"model.embed_tokens.weight": rng.normal(0, 0.5, (vocab, h)), "model.norm.weight": 0.1 * rng.normal(size=h)}
+    for i in range(GEMMA3["n_layers"]):
+        p = f"model.layers.{i}."
+        for n in (
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ):
+            hf[p + n + ".weight"] = 0.1 * rng.normal(size=h)
+        hf[p + "self_attn.q_norm.weight"] = 0.1 * rng.normal(size=hd)
+        hf[p + "self_attn.k_norm.weight"] = 0.1 * rng.normal(size=hd)
+        hf[p + "self_attn.q_proj.weight"] = rng.normal(0, 0.2, (nh * hd, h))
+        hf[p + "self_attn.k_proj.weight"] = rng.normal(0, 0.2, (hd, h))
+        hf[p + "self_attn.v_proj.weight"] = rng.normal(0, 0.2, (hd, h))
+        hf[p + "self_attn.o_proj.weight"] = rng.normal(0, 0.2, (h, nh * hd))
+        hf[p + "mlp.gate_proj.weight"] = rng.normal(0, 0.2, (f, h))
+        hf[p + "mlp.up_proj.weight"] = rng.normal(0, 0.2, (f, h))
+        hf[p + "mlp.down_proj.weight"] = rng.normal(0, 0.2, (h, f))
+    return {k: v.astype(np.float32) for k, v in hf.items()}
+
+
+def write_gemma3_like(path, hf: dict, chat_template: str | None = None) -> None:
+    """A gemma3 GGUF of ``hf`` (F32) with the SentencePiece vocabulary, no space prefix (as Gemma)."""
+    tokens, scores, ttypes = sentencepiece_vocab()
+    w = GGUFWriter(str(path), "gemma3")
+    write_header(w, "gemma3", **GEMMA3, theta=1e6)
+    w.add_sliding_window(4)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(ttypes)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
+    for name, arr in hf.items():
+        if name.endswith("norm.weight"):
+            arr = arr + 1.0  # convert_hf_to_gguf.py Gemma3Model: norm weights stored as w + 1
+        add_tensor(w, gguf_name(name, GEMMA_HF_TO_GGUF), arr, Q.F32)
+    finish(w)
