@@ -165,21 +165,26 @@ def qtype_for(hf: str, types: dict) -> object:
     return types["default"]
 
 
+def add_sentencepiece_tokenizer(w) -> None:
+    """The metadata of :func:`sentencepiece_vocab`: a ``llama`` tokenizer, BOS 1 (added), EOS 2."""
+    tokens, scores, ttypes = sentencepiece_vocab()
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(ttypes)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+
+
 def write_llama_like(path, arch, hf, types, tokenizer="sp", permute=True):
     nh, nkv = LLAMA["heads"], LLAMA["kv_heads"]
     w = GGUFWriter(str(path), arch)
     write_header(w, arch, **LLAMA)
     w.add_rope_dimension_count(LLAMA["hidden"] // nh)
     if tokenizer == "sp":
-        tokens, scores, ttypes = sentencepiece_vocab()
-        w.add_tokenizer_model("llama")
-        w.add_token_list(tokens)
-        w.add_token_scores(scores)
-        w.add_token_types(ttypes)
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
+        add_sentencepiece_tokenizer(w)
         w.add_unk_token_id(0)
-        w.add_add_bos_token(True)
     else:
         tokens, ttypes, merges = byte_level_vocab()
         w.add_tokenizer_model("gpt2")
@@ -247,17 +252,10 @@ def random_gemma3_hf(rng, vocab: int) -> dict:
 
 def write_gemma3_like(path, hf: dict, chat_template: str | None = None) -> None:
     """A gemma3 GGUF of ``hf`` (F32) with the SentencePiece vocabulary, no space prefix (as Gemma)."""
-    tokens, scores, ttypes = sentencepiece_vocab()
     w = GGUFWriter(str(path), "gemma3")
     write_header(w, "gemma3", **GEMMA3, theta=1e6)
     w.add_sliding_window(4)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(ttypes)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
+    add_sentencepiece_tokenizer(w)
     w.add_add_space_prefix(False)
     if chat_template is not None:
         w.add_chat_template(chat_template)
