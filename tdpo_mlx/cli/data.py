@@ -99,9 +99,10 @@ def render_pair(rules, pair) -> str:
 def run(args) -> int:
     if getattr(args, "data_command", None) != "inspect":
         raise UserError("choose an action: tdpo-mlx data inspect --model MODEL --data FILE")
-    from tdpo_mlx.data import load_preference_data
-    from tdpo_mlx.data.rules import TokenRules, load_chat_template
-    from tdpo_mlx.data.sources import check_data_path
+    from ..data import load_preference_data
+    from ..data.load import data_options
+    from ..data.rules import TokenRules, load_chat_template
+    from ..data.sources import check_data_path
 
     check_model(args.model)
     check_data_path(args.data, "--data")
@@ -109,19 +110,7 @@ def run(args) -> int:
 
     tokenizer = load_tokenizer(args.model)
     pairs, summary = load_preference_data(
-        args.data,
-        tokenizer=tokenizer,
-        split=args.split,
-        max_length=args.max_length,
-        max_prompt_length=args.max_prompt_length,
-        truncation_mode=args.truncation_mode,
-        prompt_key=args.prompt_key,
-        chosen_key=args.chosen_key,
-        rejected_key=args.rejected_key,
-        system_key=args.system_key,
-        data_format=args.data_format,
-        chat_template=args.chat_template,
-        strict=args.strict,
+        args.data, tokenizer=tokenizer, split=args.split, strict=args.strict, **data_options(args)
     )
     rules = TokenRules(tokenizer, chat_template=args.chat_template)
     print("scored tokens are shown between [[ and ]]; everything before them is the shared prompt\n")

@@ -15,7 +15,7 @@ from .common import (
     check_prompts_file,
     positive_int,
 )
-from .generate import add_sampling_options
+from .generate import add_sampling_options, sampling_options
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -79,13 +79,9 @@ def run(args) -> int:
         reward_fn,
         name=name,
         samples_per_prompt=args.samples_per_prompt,
-        max_tokens=args.max_tokens,
-        temp=args.temp,
-        top_p=args.top_p,
-        seed=args.seed,
-        batch_size=args.batch_size,
         score_batch_size=args.score_batch_size,
         progress=sys.stderr.isatty(),
+        **sampling_options(args),
     )
     out = pathlib.Path(args.out)
     table = write_results(out, args, res, len(prompts), name)

@@ -32,6 +32,12 @@ def add_sampling_options(p, *, max_tokens: int, batch_size: int) -> None:
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help="sequences decoded together")
 
 
+def sampling_options(args) -> dict:
+    """The sampler settings of :func:`add_sampling_options`, as keywords of
+    :func:`tdpo_mlx.generation.generate_samples` and :func:`tdpo_mlx.evaluation.evaluate`."""
+    return {k: getattr(args, k) for k in ("max_tokens", "temp", "top_p", "seed", "batch_size")}
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "generate",
@@ -74,12 +80,8 @@ def run(args) -> int:
         tokenizer,
         prompts,
         samples_per_prompt=args.num_samples,
-        max_tokens=args.max_tokens,
-        temp=args.temp,
-        top_p=args.top_p,
-        seed=args.seed,
-        batch_size=args.batch_size,
         progress=sys.stderr.isatty(),
+        **sampling_options(args),
     )
     for s in samples:
         if args.json:

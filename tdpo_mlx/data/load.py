@@ -207,7 +207,8 @@ EVAL_SPLITS = ("valid", "test")  # mlx-lm's order
 
 
 def data_options(config) -> dict:
-    """The :func:`load_preference_data` keywords held by a :class:`tdpo_mlx.config.TrainConfig`."""
+    """The :func:`load_preference_data` keywords held by a :class:`tdpo_mlx.config.TrainConfig`
+    (or by the parsed options of ``tdpo-mlx data inspect``, which have the same names)."""
     names = (
         "max_length",
         "max_prompt_length",
