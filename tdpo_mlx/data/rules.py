@@ -19,7 +19,7 @@ class TokenRules:
             ``eos_token_ids`` count as end tokens).
         chat_template: a Jinja template string or a path to a file holding one; overrides the
             tokenizer's template.
-        add_bos: force BOS on/off; None follows the tokenizer (see module docstring).
+        add_bos: force BOS on/off; None follows the tokenizer (see :mod:`tdpo_mlx.data.encode`).
 
     Raises:
         ValueError: the tokenizer has no EOS token; the chat_template file is missing.
