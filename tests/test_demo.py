@@ -4,9 +4,9 @@ and a tiny end-to-end run (tiny local model) that also resumes."""
 import dataclasses
 import json
 import pathlib
-import sys
 
 import pytest
+from support.models import make_review_model_dir
 
 import tdpo_mlx  # noqa: F401
 from tdpo_mlx.demo import config, curves, plots, report, table1
@@ -282,10 +282,7 @@ def test_presets_estimates_and_variants():
 
 
 def _tiny_model(tmp_path):
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    from test_evaluate import make_tiny_model_dir
-
-    return make_tiny_model_dir(tmp_path / "model")
+    return make_review_model_dir(tmp_path / "model")
 
 
 def test_tiny_end_to_end_and_resume(tmp_path, capsys):

@@ -3,75 +3,21 @@ batched generation consistent with teacher forcing, the generate/eval CLIs."""
 
 import json
 import math
-import pathlib
 
 import mlx.core as mx
 import numpy as np
 import pytest
+from support.models import make_review_model_dir
 
 import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
 from tdpo_mlx import evaluation as ev
 from tdpo_mlx import generation as gen
 from tdpo_mlx import rewards
 
-CORPUS = [
-    "I went into this film expecting a great movie and it was wonderful",
-    "the film was terrible and bad, a boring waste of time",
-    "this movie is a good story with fine acting",
-    "the plot was awful and the ending was sad",
-] * 10
-
-
-def make_tiny_model_dir(path, seed: int = 0) -> pathlib.Path:
-    """A random 2-layer Gemma-3-style mlx-lm model dir with a ~300-token byte-level BPE tokenizer.
-
-    BOS=2 is prepended by the tokenizer, EOS=1, PAD=0. Loads with ``mlx_lm.load(path)``.
-    """
-    from mlx.utils import tree_flatten
-    from mlx_lm.models import gemma3_text
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    d = pathlib.Path(path)
-    d.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<pad>", "<eos>", "<bos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
-    ).save_pretrained(str(d))
-    cfg = dict(
-        model_type="gemma3_text",
-        hidden_size=32,
-        num_hidden_layers=2,
-        intermediate_size=64,
-        num_attention_heads=2,
-        head_dim=16,
-        num_key_value_heads=1,
-        vocab_size=tok.get_vocab_size(),
-        sliding_window=16,
-        sliding_window_pattern=2,
-        query_pre_attn_scalar=16,
-        eos_token_id=1,
-    )
-    mx.random.seed(seed)
-    model = gemma3_text.Model(gemma3_text.ModelArgs.from_dict(cfg))
-    mx.save_safetensors(str(d / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (d / "config.json").write_text(json.dumps(cfg))
-    return d
-
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+    return make_review_model_dir(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture

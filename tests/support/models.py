@@ -7,6 +7,8 @@ mlx's default init with the embeddings scaled by 4 so logits are not flat) or ``
 ``"qwen2"``, ``"gemma3_text"`` (the export tests: small Gaussian weights around the norm's 1).
 ``make_adapter`` attaches LoRA/DoRA with mlx-lm's tooling, fills the factors with random non-zero
 values and saves them in mlx-lm's adapter format; ``mlx_logits`` is the float32 reference forward.
+``make_review_model_dir`` (the evaluation and demo tests) writes a 2-layer gemma3 with a byte-level
+BPE tokenizer trained on movie-review sentences (BOS prepended), for generation and sampling.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_map_with_path
+from mlx_lm.models import gemma3_text
 from mlx_lm.tuner.utils import linear_to_lora_layers, load_adapters
 from mlx_lm.utils import _get_classes, load_model, quantize_model
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 VOCAB = 96
@@ -192,3 +195,53 @@ def mlx_logits(model_dir: Path, adapter_path: Path | None = None, ids=TEXT_IDS) 
     )
     out = model(mx.array([list(ids)]))
     return np.array(out[0].astype(mx.float32))
+
+
+REVIEWS = [
+    "I went into this film expecting a great movie and it was wonderful",
+    "the film was terrible and bad, a boring waste of time",
+    "this movie is a good story with fine acting",
+    "the plot was awful and the ending was sad",
+] * 10
+
+
+def make_review_model_dir(path, seed: int = 0) -> Path:
+    """A random 2-layer Gemma-3-style mlx-lm model dir with a ~300-token byte-level BPE tokenizer.
+
+    BOS=2 is prepended by the tokenizer, EOS=1, PAD=0. Loads with ``mlx_lm.load(path)``.
+    """
+    d = Path(path)
+    d.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<eos>", "<bos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(REVIEWS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    ).save_pretrained(str(d))
+    cfg = dict(
+        model_type="gemma3_text",
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        num_attention_heads=2,
+        head_dim=16,
+        num_key_value_heads=1,
+        vocab_size=tok.get_vocab_size(),
+        sliding_window=16,
+        sliding_window_pattern=2,
+        query_pre_attn_scalar=16,
+        eos_token_id=1,
+    )
+    mx.random.seed(seed)
+    model = gemma3_text.Model(gemma3_text.ModelArgs.from_dict(cfg))
+    mx.save_safetensors(str(d / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
