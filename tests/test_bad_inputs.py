@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.models import make_model_dir
 
-from tdpo_mlx.cli import main
+from tdpo_mlx.cli import COMMANDS, main
 from tdpo_mlx.config import field_names
 
 GOOD = [{"prompt": f"the cat {i}", "chosen": " yes good", "rejected": " no bad"} for i in range(3)]
@@ -184,7 +184,6 @@ def _call(argv):
 
 
 def test_the_table_has_every_subcommand():
-    from tdpo_mlx.cli import COMMANDS
 
     assert len(ROWS) >= 40
     assert set(COMMANDS) <= {argv[0] for argv, _ in ROWS if argv}

@@ -1,12 +1,19 @@
 """`tdpo-mlx`: a user's mistake is one line on stderr and exit 2; --debug shows the traceback."""
 
+import argparse
 import json
+import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
+from huggingface_hub.errors import LocalEntryNotFoundError
 
-from tdpo_mlx.cli import main
+import tdpo_mlx.data as data_pkg
+import tdpo_mlx.evaluation as ev
+from tdpo_mlx import __version__
+from tdpo_mlx.cli import build_parser, main
 
 
 def _run(argv, capsys):
@@ -38,7 +45,6 @@ def test_unknown_option_and_choice_get_did_you_mean(capsys):
 
 
 def test_version(capsys):
-    from tdpo_mlx import __version__
 
     with pytest.raises(SystemExit) as e:
         main(["--version"])
@@ -55,9 +61,6 @@ def test_real_entry_point_prints_one_line(tmp_path):
 
 
 def test_hub_failures_are_one_line_naming_the_hub_id(monkeypatch, capsys):
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    import tdpo_mlx.evaluation as ev
 
     def offline(*a, **k):
         raise LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known\nmore")
@@ -74,12 +77,6 @@ def test_hub_failures_are_one_line_naming_the_hub_id(monkeypatch, capsys):
 def test_every_option_a_data_error_names_exists_where_data_is_read():
     """The data errors tell the user to pass --prompt-key, --chat-template, ...: each of those
     options exists on `train` (and, unless it is about training, on `data inspect`)."""
-    import argparse
-    import pathlib
-    import re
-
-    import tdpo_mlx.data as data_pkg
-    from tdpo_mlx.cli import build_parser
 
     def options(argv):
         parser = build_parser(only=argv[0])

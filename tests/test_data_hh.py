@@ -3,24 +3,26 @@
 Prints only the summary (counts and token lengths), never text samples (offensive content).
 """
 
+import gzip
+import json
 import time
 from pathlib import Path
 
 import pytest
+from mlx_lm.utils import load_tokenizer
+from support.chat_tokenizers import GEMMA_LIKE
 
 from tdpo_mlx.data import load_preference_data, make_batch
 
 
 @pytest.fixture(scope="module")
 def gemma_tokenizer(gemma_dir):
-    from mlx_lm.utils import load_tokenizer
 
     return load_tokenizer(Path(gemma_dir))
 
 
 @pytest.mark.slow
 def test_gemma_chat_reply_ends_with_one_end_of_turn(gemma_tokenizer):
-    from support.chat_tokenizers import GEMMA_LIKE
 
     tok = gemma_tokenizer
     row = {
@@ -64,8 +66,6 @@ def test_hh_loads_with_gemma_tokenizer(hh_file, gemma_tokenizer):
     assert all(p.chosen_ids[-1] == eos and p.rejected_ids[-1] == eos for p in untruncated)
     # independent check of the prompt rule on the real file: BOS + the text up to the last
     # "\n\nAssistant:", whole, or BOS + its last tokens when the pair was too long (keep_end)
-    import gzip
-    import json
 
     rows = [json.loads(line) for line in gzip.open(hh_file, "rt", encoding="utf-8")]
     cut = 0

@@ -4,8 +4,11 @@ import csv
 import gzip
 import json
 
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from support.chat_tokenizers import chatml_tokenizer, plain_tokenizer
+from support.chat_tokenizers import CHATML, chatml_tokenizer, plain_tokenizer
 
 from tdpo_mlx.data import DataError, load_preference_data
 
@@ -30,9 +33,6 @@ def write(path, rows):
     elif name.endswith(".json"):
         path.write_text(json.dumps(rows))
     elif name.endswith(".parquet"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         pq.write_table(pa.Table.from_pylist(rows), path)
     elif name.endswith(".csv"):
         keys = sorted({k for r in rows for k in r})
@@ -101,7 +101,6 @@ def test_directory_with_data_subfolder_and_missing_split(tmp_path):
 
 
 def test_saved_dataset_dict_folder(tmp_path):
-    import datasets
 
     tok = plain_tokenizer()
     dd = datasets.DatasetDict(
@@ -113,7 +112,6 @@ def test_saved_dataset_dict_folder(tmp_path):
 
 
 def test_hub_dataset_id_through_load_dataset(monkeypatch):
-    import datasets
 
     calls = []
 
@@ -262,7 +260,6 @@ def test_conversational_needs_a_template(tmp_path):
     }
     with pytest.raises(DataError, match="--chat-template"):
         load_preference_data([row], tokenizer=plain_tokenizer())
-    from support.chat_tokenizers import CHATML
 
     f = tmp_path / "t.jinja"
     f.write_text(CHATML.replace("<|im_start|>", "").replace("<|im_end|>", ""))

@@ -5,6 +5,7 @@ import itertools
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx_lm.tokenizer_utils import TokenizerWrapper
 from support.chat_tokenizers import (
     CHATML,
     GEMMA_LIKE,
@@ -14,10 +15,10 @@ from support.chat_tokenizers import (
     plain_tokenizer,
     sentencepiece_like_tokenizer,
 )
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers
 from transformers import PreTrainedTokenizerFast
 
-from tdpo_mlx.data import DataError, load_preference_data, make_batch
+from tdpo_mlx.data import DataError, EncodedPair, load_preference_data, make_batch
 from tdpo_mlx.data.rules import TokenRules
 from tdpo_mlx.data.truncate import truncate_pair
 from tdpo_mlx.losses import LOSS_TYPES, pair_metrics, preference_loss
@@ -282,7 +283,6 @@ def test_d7_empty_response_refused_with_its_index_and_counted():
 def test_d7_truncated_pair_has_finite_loss_and_metrics():
     # max_length 8, prompt 10 tokens, chosen 3, rejected 2; also a pair with no scored token
     p, c, r, *_ = truncate_pair(list(range(10, 20)), [1, 2, 3], [4, 5], max_length=8, max_prompt_length=5)
-    from tdpo_mlx.data import EncodedPair
 
     batch = make_batch([EncodedPair(p, c, r)], pad_id=0)
     assert batch.input_ids.shape[1] == 8
@@ -305,7 +305,6 @@ def test_d8_prompt_kept_shared_and_longer_response_cut():
     prompt, chosen, rejected = list(range(100, 110)), list(range(20)), [50, 51, 52, 53]
     p, c, r, pcut, rcut = truncate_pair(prompt, chosen, rejected, max_length=16, max_prompt_length=8)
     assert p == prompt[-8:] and c == chosen[:8] and r == rejected and pcut and rcut
-    from tdpo_mlx.data import EncodedPair
 
     b = make_batch([EncodedPair(p, c, r)])
     assert np.array(b.lengths).tolist() == [16, 12]
@@ -501,7 +500,6 @@ def test_sentencepiece_prompt_ending_in_space_decodes_to_exactly_prompt_plus_res
 
 
 def test_pairs_that_cannot_decode_back_are_dropped_and_counted():
-    from tokenizers import normalizers
 
     base = plain_tokenizer()
     raw = Tokenizer.from_str(base.backend_tokenizer.to_str())
@@ -516,7 +514,6 @@ def test_pairs_that_cannot_decode_back_are_dropped_and_counted():
 
 
 def test_mlx_lm_tokenizer_wrapper_is_accepted():
-    from mlx_lm.tokenizer_utils import TokenizerWrapper
 
     tok = bos_tokenizer()
     eot = tok.convert_tokens_to_ids("<end_of_turn>")

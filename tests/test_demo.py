@@ -9,10 +9,11 @@ import pytest
 from support.models import make_review_model_dir
 
 import tdpo_mlx  # noqa: F401
-from tdpo_mlx.demo import config, curves, plots, report, table1
+from tdpo_mlx.demo import config, curves, hh, plots, report, table1
 from tdpo_mlx.demo import run as demo
 from tdpo_mlx.demo.pairs import build_pairs, load_openers, split_prompts
 from tdpo_mlx.generation import Sample
+from tdpo_mlx.rewards import sentiment_reward
 
 
 def _s(p, k, text, ids):
@@ -20,7 +21,6 @@ def _s(p, k, text, ids):
 
 
 def test_openers_are_many_distinct_and_neutral():
-    from tdpo_mlx.rewards import sentiment_reward
 
     ops = load_openers()
     assert len(ops) >= 300 and len(set(ops)) == len(ops)
@@ -344,7 +344,6 @@ def test_tiny_end_to_end_and_resume(tmp_path, capsys):
 
 
 def test_tiny_hh_end_to_end(tmp_path, capsys):
-    from tdpo_mlx.demo import hh
 
     recs = [
         {

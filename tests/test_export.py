@@ -5,14 +5,17 @@ import json
 import warnings
 from pathlib import Path
 
+import huggingface_hub
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
+from mlx_lm.utils import load_model
 from safetensors import safe_open
 from support.models import make_adapter, make_model_dir, mlx_logits
 
 from tdpo_mlx import atomic
+from tdpo_mlx.cli import main
 from tdpo_mlx.export import ExportPrecisionWarning, UnsupportedExportError, export, pipeline
 from tdpo_mlx.export.files import parse_size
 from tdpo_mlx.export.names import check_supported
@@ -190,7 +193,6 @@ def test_mlx_export_requantized_loads_in_mlx_lm(llama, tmp_path):
 def test_a2_end_to_end_bf16_base(tmp_path):
     """A2(b) through the export: a bf16 base with w = 256.0 in one q_proj, update 0.5 there."""
     model = make_model_dir(tmp_path / "base", "llama")
-    from mlx_lm.utils import load_model
 
     m, _ = load_model(model)
     weights = {k: v.astype(mx.bfloat16) for k, v in tree_flatten(m.parameters())}
@@ -276,7 +278,6 @@ def test_model_card_reports_training_facts(llama, tmp_path):
 
 
 def test_push_to_hub_uses_hf_api(llama, tmp_path, monkeypatch):
-    import huggingface_hub
 
     calls = []
 
@@ -329,7 +330,6 @@ def test_writes_are_atomic(llama, tmp_path, monkeypatch):
 
 
 def test_cli_export(llama, tmp_path, capsys):
-    from tdpo_mlx.cli import main
 
     model, lora, _ = llama
     rc = main(
@@ -390,7 +390,6 @@ def test_real_gemma_peft_export_names(gemma_dir, tmp_path):
 def test_requantizing_a_qlora_fuse_warns_per_layer(tmp_path, capsys):
     """A small update fused into a 4-bit base and re-quantized on the same grid mostly rounds
     back to the base codes: every adapted layer is named; the float export keeps it all."""
-    from tdpo_mlx.cli import main
 
     q4 = make_model_dir(tmp_path / "q4", "llama", quantize=4)
     ad = make_adapter(q4, tmp_path / "ad", num_layers=1)

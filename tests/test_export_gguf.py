@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 
+import mlx.core as mx
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
+from mlx_lm.utils import load_model
 from support.gguf_files import (
     byte_level_vocab,
     loaded_weights,
@@ -113,8 +115,6 @@ def test_llama_cpp_loads_the_export_and_agrees_on_greedy_tokens(tmp_path):
     Optional: llama-cpp-python ships only a source distribution (a long C++ build), so it is not
     installed by CI; the test skips with that reason where it is absent."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (source build only)")
-    import mlx.core as mx
-    from mlx_lm.utils import load_model
 
     base = make_base(tmp_path, "llama")
     adapter = make_adapter(base, tmp_path / "adapter", num_layers=2)

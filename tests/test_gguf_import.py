@@ -9,15 +9,20 @@ the tokenizer against values computed here.
 from __future__ import annotations
 
 import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
 
+import gguf
+import mlx.core as mx
+import mlx.nn as nn
+import mlx_lm
 import numpy as np
 import pytest
-
-import tdpo_mlx  # noqa: F401  (fast BLAS before mlx)
-
-gguf = pytest.importorskip("gguf")
-from gguf import GGMLQuantizationType as Q  # noqa: E402
-from support.gguf_files import (  # noqa: E402
+from gguf import GGMLQuantizationType as Q
+from support.gguf_files import (
     GEMMA3,
     LLAMA,
     add_tensor,
@@ -36,12 +41,14 @@ from support.gguf_files import (  # noqa: E402
     write_header,
     write_llama_like,
 )
-from support.no_torch import SITECUSTOMIZE as _HIDE_TORCH  # noqa: E402
-from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
+from support.no_torch import SITECUSTOMIZE as _HIDE_TORCH
+from transformers import AutoTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from tdpo_mlx.atomic import write_json  # noqa: E402
-from tdpo_mlx.gguf import arch, reader, tokenizer  # noqa: E402
-from tdpo_mlx.gguf import importer as gi  # noqa: E402
+from tdpo_mlx.atomic import write_json
+from tdpo_mlx.cli import main
+from tdpo_mlx.gguf import arch, reader, tokenizer
+from tdpo_mlx.gguf import importer as gi
 
 # --------------------------------------------------------------------------------------------
 # permutation
@@ -86,9 +93,6 @@ def test_llama_f32_roundtrip_weights_and_forward(tmp_path):
     assert cfg["model_type"] == "llama"
     assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (4, 2, 16)
     assert cfg["tie_word_embeddings"] is False and cfg["rope_theta"] == 10000.0
-
-    import mlx.core as mx
-    import mlx_lm
 
     model, tok = mlx_lm.load(str(out))
     ids = [1, 270, 260, 265, 266, 267, 268]
@@ -148,9 +152,6 @@ def test_qwen2_names_bias_tied_and_bytelevel(tmp_path):
         want = stored(v, qtype_for(k, types)).astype(np.float16).astype(np.float32)
         np.testing.assert_allclose(got[k], want, rtol=0, atol=1e-6, err_msg=k)
 
-    import mlx.core as mx
-    import mlx_lm
-
     model, tok = mlx_lm.load(str(out))
     ids = tok.encode("hello world")
     args = dict(
@@ -188,9 +189,6 @@ def test_gemma3_norms_minus_one_and_config(tmp_path):
     assert set(got) == set(hf)
     for k, v in hf.items():
         np.testing.assert_allclose(got[k], v, rtol=0, atol=1e-6, err_msg=k)
-
-    import mlx.core as mx
-    import mlx_lm
 
     model, tok = mlx_lm.load(str(out))
     ids = [1, 268, 262, 269, 270, 271]
@@ -249,7 +247,6 @@ def test_existing_output_needs_overwrite(tmp_path):
 
 
 def test_quantize_4bit(tmp_path):
-    import mlx_lm
 
     rng = np.random.default_rng(5)
     vocab = len(sentencepiece_vocab()[0])
@@ -260,8 +257,6 @@ def test_quantize_4bit(tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["quantization"]["bits"] == 4 and cfg["quantization"]["group_size"] == 32
     model, _ = mlx_lm.load(str(out))
-    import mlx.core as mx
-    import mlx.nn as nn
 
     q = model.model.layers[0].self_attn.q_proj
     assert isinstance(q, nn.QuantizedLinear) and q.bits == 4
@@ -285,7 +280,6 @@ def _tokenizer_from(tmp_path, write):
     out = tmp_path / "tok"
     out.mkdir()
     tokenizer.save_tokenizer(reader.read_gguf(src), out)
-    from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(out))
 
@@ -365,7 +359,6 @@ def test_gemma_style_tokenizer_no_prefix_and_space_tokens(tmp_path):
     out = tmp_path / "gtok"
     out.mkdir()
     tokenizer.save_tokenizer(reader.read_gguf(src), out)
-    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(out))
     idx = {t: i for i, t in enumerate(tokens)}
@@ -403,7 +396,6 @@ def test_resolve_model_path_reuses_complete_import(tmp_path, monkeypatch):
 
 
 def test_cli_import_gguf(tmp_path, capsys):
-    from tdpo_mlx.cli import main
 
     rng = np.random.default_rng(6)
     hf = random_llama_hf(rng, len(sentencepiece_vocab()[0]))
@@ -414,7 +406,6 @@ def test_cli_import_gguf(tmp_path, capsys):
     assert "imported" in (text := capsys.readouterr().out) and "(weights bfloat16;" in text  # read back
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["torch_dtype"] == "bfloat16" and gi.is_complete_import(out)
-    import mlx.core as mx
 
     assert mx.load(str(out / "model.safetensors"))["model.norm.weight"].dtype == mx.bfloat16
     # existing output without --force: error exit, message names the fix
@@ -425,7 +416,6 @@ def test_cli_import_gguf(tmp_path, capsys):
 def test_llama3_rope_freqs_become_llama3_rope_scaling(tmp_path):
     """Llama 3.x files carry rope_freqs.weight (llama.cpp LlamaModel.generate_extra_tensors) instead of
     the rope_scaling config; the importer recognises the published parameters."""
-    import math
 
     head_dim, base, factor = 16, 500000.0, 32.0
     freqs = [1.0 / base ** (i / head_dim) for i in range(0, head_dim, 2)]
@@ -480,10 +470,6 @@ def test_unknown_rope_freqs_is_an_error(tmp_path):
 
 def test_import_works_without_torch(tmp_path):
     """With torch unimportable (as on a machine without it): import, quantize, mlx_lm.load, AutoTokenizer."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
 
     rng = np.random.default_rng(9)
     src = tmp_path / "m.gguf"

@@ -4,8 +4,11 @@ imported by tdpo_mlx.gguf.resolve_model_path (cached; first run ~20 s)."""
 import json
 import pathlib
 
+import mlx.core as mx
+import mlx_lm
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +19,6 @@ HELLO_IDS = [2, 9259, 1902, 236764, 1217, 659, 611, 236881]
 @pytest.fixture(scope="module")
 def gemma_model(gemma_dir):
     """(model, TokenizerWrapper) from mlx_lm.load: loaded once for the module."""
-    import mlx_lm
 
     return mlx_lm.load(gemma_dir)
 
@@ -129,7 +131,6 @@ PPL_BOUND = 12.0  # measured 8.36; a broken import (e.g. norms not shifted by 1)
 
 
 def test_perplexity_on_english_paragraph(gemma_model):
-    import mlx.core as mx
 
     model, tok = gemma_model
     ids = tok.encode(PARAGRAPH)
@@ -187,8 +188,6 @@ def _np_gemma3_layer(x, w, cfg, base):
 
 @pytest.mark.parametrize("layer", [0, 5])  # 0: sliding (local rope base), 5: global (rope_theta)
 def test_one_layer_matches_numpy_forward(gemma_model, gemma_dir, layer):
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
 
     model, tok = gemma_model
     cfg = json.loads((pathlib.Path(gemma_dir) / "config.json").read_text())

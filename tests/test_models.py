@@ -7,10 +7,13 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
+from mlx_lm import load
 from mlx_lm.tuner.dora import DoRALinear
 from mlx_lm.tuner.lora import LoRALinear
 from support.models import make_model_dir
 
+from tdpo_mlx.backend import is_cpu_backend
+from tdpo_mlx.checkpoint import save_adapters
 from tdpo_mlx.models import adapter_modules, adapters_disabled, count_trainable, load_policy, resolve_lora_keys
 
 TOKENS = mx.array([[1, 4, 9, 12, 7, 30, 2, 5]])
@@ -73,7 +76,6 @@ def test_lora_scale_overrides_alpha_and_bad_key(model_dir):
 
 
 def test_adapters_off_is_the_base_model(model_dir):
-    from mlx_lm import load
 
     base, _ = load(str(model_dir))
     model, _ = load_policy(str(model_dir), lora_keys=["q_proj", "v_proj", "down_proj"])
@@ -87,7 +89,6 @@ def test_adapters_off_is_the_base_model(model_dir):
 
 
 def test_default_dtype_float32_on_cpu(tmp_path):
-    from tdpo_mlx.backend import is_cpu_backend
 
     d = make_model_dir(tmp_path / "bf16", seed=1)
     w = mx.load(str(d / "model.safetensors"))
@@ -117,7 +118,6 @@ def test_qlora_quantizes_base_within_one_step(model_dir):
     assert (err <= step + 1e-6).all() and err.max() > 0
     assert np.abs(np.asarray(deq) - np.asarray(orig)).mean() < 0.3 * step.mean()
     # the quantized policy is close to (not equal to) the float base
-    from mlx_lm import load
 
     base, _ = load(str(model_dir))
     lf, lq = np.asarray(base(TOKENS)), np.asarray(model(TOKENS))
@@ -142,9 +142,6 @@ def test_dora_magnitude_starts_at_row_norms(model_dir):
 
 def test_adapter_config_json_roundtrip(model_dir, tmp_path):
     """The adapter config load_policy returns is what mlx-lm's loader needs."""
-    from mlx_lm import load
-
-    from tdpo_mlx.checkpoint import save_adapters
 
     model, _ = load_policy(str(model_dir), lora_keys=["q_proj", "v_proj"], lora_layers=1)
     _bump_lora_b(model, 0.03)
@@ -157,7 +154,6 @@ def test_adapter_config_json_roundtrip(model_dir, tmp_path):
 
 
 def test_load_policy_with_adapter_path(model_dir, tmp_path):
-    from tdpo_mlx.checkpoint import save_adapters
 
     model, _ = load_policy(str(model_dir), lora_keys=["q_proj", "v_proj"], lora_rank=4, dora=True)
     _bump_lora_b(model, 0.02)

@@ -5,12 +5,17 @@ tdpo_mlx.gguf.resolve_model_path (cached; first run ~30 s)."""
 import json
 import math
 import pathlib
+import warnings
 
+import mlx.core as mx
+import mlx_lm
 import numpy as np
 import pytest
 import regex
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from tdpo_mlx.gguf import import_gguf
+from tdpo_mlx.gguf.importer import RequantizedWarning
 from tdpo_mlx.gguf.reader import read_gguf
 from tdpo_mlx.gguf.sources import named_gguf_path
 
@@ -66,7 +71,6 @@ def gguf_bpe_ids(text: str, tokens: list[str], merges: list[str]) -> list[int]:
 
 @pytest.fixture(scope="module")
 def smollm_model(smollm_dir):
-    import mlx_lm
 
     return mlx_lm.load(smollm_dir)
 
@@ -107,7 +111,6 @@ def test_chat_template_and_default_system_prompt(smollm_model):
 
 
 def test_greedy_answer_paris(smollm_model):
-    import mlx_lm
 
     model, tok = smollm_model
     prompt = tok.apply_chat_template(
@@ -118,7 +121,6 @@ def test_greedy_answer_paris(smollm_model):
 
 
 def test_perplexity_on_fixed_paragraph(smollm_model):
-    import mlx.core as mx
 
     model, tok = smollm_model
     ids = mx.array([tok.encode(PARAGRAPH)])
@@ -131,13 +133,6 @@ def test_perplexity_on_fixed_paragraph(smollm_model):
 def test_native_quantized_import_matches_dequantized(smollm_model, smollm_dir, tmp_path):
     """Q4_1 / Q8_0 blocks of the real file kept as MLX quantized layers: the same function as
     the dequantized import (up to float32 rounding), at a fifth of the size."""
-    import warnings
-
-    import mlx.core as mx
-    import mlx_lm
-
-    from tdpo_mlx.gguf import import_gguf
-    from tdpo_mlx.gguf.importer import RequantizedWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", RequantizedWarning)

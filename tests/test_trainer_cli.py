@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import random
 import re
 
 import pytest
@@ -114,31 +115,8 @@ def test_config_file_errors_name_the_file_and_key(tmp_path):
         config_from_args(_parse(["--max-length", "100", "--max-prompt-length", "200"]))
 
 
-def _fallback_loader(monkeypatch):
-    """Until tdpo_mlx.data.load_preference_data lands: a minimal plain-text JSONL loader."""
-    from tdpo_mlx import data
-
-    if hasattr(data, "load_preference_data"):
-        return
-
-    def load(path, *, tokenizer, split="train", max_length=512, max_prompt_length=256, truncation_mode="keep_end", **_):
-        pairs = []
-        with open(path) as fh:
-            for i, line in enumerate(fh):
-                r = json.loads(line)
-                p = [tokenizer.bos_token_id] + tokenizer.encode(r["prompt"], add_special_tokens=False)
-                c = tokenizer.encode(r["chosen"], add_special_tokens=False) + [tokenizer.eos_token_id]
-                j = tokenizer.encode(r["rejected"], add_special_tokens=False) + [tokenizer.eos_token_id]
-                pairs.append(data.EncodedPair(p, c, j, i))
-        return pairs, f"{len(pairs)} pairs"
-
-    monkeypatch.setattr(data, "load_preference_data", load, raising=False)
-
-
-def test_train_end_to_end_from_the_command_line(tmp_path, monkeypatch, capsys):
-    _fallback_loader(monkeypatch)
+def test_train_end_to_end_from_the_command_line(tmp_path, capsys):
     model_dir = make_model_dir(tmp_path / "model", seed=9)
-    import random
 
     rng = random.Random(0)
     words = ["the", "cat", "dog", "sat", "ran", "on", "mat", "good", "bad", "yes", "no", "fine", "great"]
