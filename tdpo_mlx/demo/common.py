@@ -162,6 +162,20 @@ def stage_train(
     return result
 
 
+def start_run(out, cfg, experiment: str) -> tuple[pathlib.Path, Clock]:
+    """Open (or reopen) the run folder ``out``: refuse other settings (:func:`check_settings`),
+    print the plan (:func:`announce`); returns the folder and its stage clock.
+
+    Raises:
+        UserError: ``out`` holds a run with other settings.
+    """
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, cfg)
+    announce(cfg, experiment)
+    return out, Clock(out / "timings.json")
+
+
 def train_runs(
     out: pathlib.Path,
     cfg,

@@ -32,15 +32,13 @@ from ..losses import pair_metrics, preference_loss
 from ..models import resolve_model
 from ..stats import split_pairs
 from .common import (
-    Clock,
-    announce,
-    check_settings,
     load_eval_model,
     progress_bar,
     read_json,
     reference_if,
     run_dir,
     say,
+    start_run,
     train_runs,
 )
 from .config import HHConfig
@@ -235,11 +233,7 @@ def run_hh(out, cfg: HHConfig, *, progress: bool = True) -> pathlib.Path:
         FileNotFoundError: the HH data file is missing.
         ValueError: ``out`` holds a run with other settings.
     """
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, cfg)
-    announce(cfg, "Anthropic-HH experiment")
-    clock = Clock(out / "timings.json")
+    out, clock = start_run(out, cfg, "Anthropic-HH experiment")
 
     clock.start()
     say(f"[1/4] model and data: {cfg.model}, {cfg.data}")

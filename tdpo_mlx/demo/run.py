@@ -38,15 +38,13 @@ from ..generation import Sample, generate_samples
 from ..models import adapter_modules, adapters_disabled, resolve_model
 from ..rewards import load_reward
 from .common import (
-    Clock,
-    announce,
-    check_settings,
     load_eval_model,
     progress_bar,
     read_json,
     reference_if,
     run_dir,
     say,
+    start_run,
     train_runs,
 )
 from .config import DemoConfig
@@ -233,11 +231,7 @@ def run_demo(out, cfg: DemoConfig, *, progress: bool = True, reward_fn=None) -> 
     Raises:
         ValueError: ``out`` holds a run whose data settings differ (use a new folder).
     """
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, cfg)
-    announce(cfg, "controlled-sentiment experiment")
-    clock = Clock(out / "timings.json")
+    out, clock = start_run(out, cfg, "controlled-sentiment experiment")
     reward_fn = reward_fn or load_reward("sentiment")
 
     clock.start()
