@@ -339,7 +339,7 @@ def real_data(args, model, name) -> int:
         vg = nn.value_and_grad(model, loss_fn)
         opt = optim.AdamW(learning_rate=0.0)  # parameters unchanged: both kinds see the same model
         it = BatchIterator(train_pairs, args.pairs, seed=args.seed, pad_id=pad_id)
-        real = padded = prompt = saved = 0
+        real = padded = prompt = saved = body = 0
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
             b = next(it)
@@ -351,6 +351,11 @@ def real_data(args, model, name) -> int:
             prompt += int(b.prompt_lengths[: b.n_pairs].sum().item())
             layout = shared_layout(b) if kw.get("share_prompt", kind != "before") else None
             saved += layout.prompt_tokens_saved if layout is not None else 0
+            if layout is None:
+                body += b.input_ids.shape[0] * (b.input_ids.shape[1] - 1)
+            else:
+                w = 0 if layout.prompt_inputs is None else layout.prompt_inputs.size
+                body += w + layout.inputs.size
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         batches = (
             eval_batches(held, args.pairs, pad_id)
@@ -374,6 +379,7 @@ def real_data(args, model, name) -> int:
             "prompt_tokens": prompt,
             "prompt_share_of_body_tokens": prompt / real,
             "prompt_tokens_saved_by_sharing": saved,
+            "body_positions_per_step": body / args.steps,
             "train_s_per_pair": dt / pairs,
             "eval_s_per_pair": edt / max(len(held), 1),
             "eval_cpu_s_per_pair": edc / max(len(held), 1),
@@ -384,7 +390,7 @@ def real_data(args, model, name) -> int:
             f"{kind:6s}: {r['train_s_per_step']:.2f} s/step (CPU {r['train_cpu_s_per_step']:.2f}), "
             f"{r['real_tokens_per_s']:.1f} real tokens/s, padding {r['padding_fraction']:.1%}, "
             f"prompt tokens {prompt} ({r['prompt_share_of_body_tokens']:.0%} of real tokens), "
-            f"{saved} not computed twice, eval {r['eval_s_per_pair']:.2f} s/pair (CPU {r['eval_cpu_s_per_pair']:.2f}) = "
+            f"{saved} not computed twice, {body / args.steps:.0f} body positions/step, eval {r['eval_s_per_pair']:.2f} s/pair (CPU {r['eval_cpu_s_per_pair']:.2f}) = "
             f"{r['eval_over_train_per_pair']:.2f}x train s/pair",
             flush=True,
         )

@@ -90,7 +90,11 @@ class SharedLayout(NamedTuple):
 
 def shared_layout(batch) -> SharedLayout | None:
     """The two-call layout of ``batch``, or None when its rows cannot share a prompt (a prompt
-    of 0 tokens, or a chosen/rejected pair whose prompt ids differ)."""
+    of 0 tokens, or a chosen/rejected pair whose prompt ids differ) or when sharing would run
+    more body positions than the full rows: B W + 2B R > 2B (L - 1), padding included. That
+    happens when the longest prompt and the longest response belong to different pairs (on HH
+    batches of 4 pairs, about one batch in N; the row layout's right padding is then the
+    smaller waste)."""
     ids = np.array(batch.input_ids)
     lengths = np.array(batch.lengths)
     prompt = np.array(batch.prompt_lengths)
@@ -100,12 +104,14 @@ def shared_layout(batch) -> SharedLayout | None:
     if any(np.any(ids[i, : prompt[i]] != ids[b + i, : prompt[i]]) for i in range(b)):
         return None
     w = int(prompt[:b].max()) - 1
+    resp = lengths - prompt  # response tokens per row = scored targets per row
+    r = int(resp.max())
+    if b * w + 2 * b * r > 2 * b * (ids.shape[1] - 1):
+        return None
     left = [w - int(p - 1) for p in prompt[:b]]
     prompt_rows = np.zeros((b, w), dtype=np.int32)
     for i in range(b):
         prompt_rows[i, left[i] :] = ids[i, : prompt[i] - 1]
-    resp = lengths - prompt  # response tokens per row = scored targets per row
-    r = int(resp.max())
     inputs = np.zeros((2 * b, r), dtype=np.int32)
     targets = np.zeros((2 * b, r), dtype=np.int32)
     for j in range(2 * b):

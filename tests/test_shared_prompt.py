@@ -206,6 +206,15 @@ def test_layout_by_hand():
     assert int(mx.sum(lay.mask)) == int(mx.sum(batch.target_mask))
 
 
+def test_sharing_only_when_it_runs_fewer_positions():
+    """A long prompt in one pair and a long response in the other: the two calls would run
+    2 * 9 + 4 * 10 = 58 positions against the rows' 4 * 10 = 40, so the rows are used."""
+    long_prompt = EncodedPair(list(range(3, 13)), [20], [21])
+    long_response = EncodedPair([3], list(range(20, 30)), list(range(30, 40)))
+    assert shared_prompt.shared_layout(make_batch([long_prompt, long_response])) is None
+    assert shared_prompt.shared_layout(make_batch([long_prompt, long_prompt])) is not None
+
+
 def test_pairs_with_different_prompts_are_not_shared():
     batch = make_batch([EncodedPair([5, 6, 7], [9, 10], [14])])
     ids = np.array(batch.input_ids)
