@@ -1,4 +1,7 @@
-"""TDPO training of LoRA/DoRA adapters: loss over a batch, gradient accumulation, the loop.
+"""TDPO training of LoRA/DoRA adapters: the run (setup, one step, the loop, checkpoints).
+
+The objective of a batch and gradient accumulation live in :mod:`tdpo_mlx.objective`, the
+optimizer in :mod:`tdpo_mlx.optimizers`; their public names are importable from here too.
 
 One optimizer step, top to bottom (:func:`train`):
 
@@ -31,7 +34,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 
 from .atomic import write_json
@@ -52,11 +55,11 @@ from .data import BatchIterator, load_train_eval, make_batch
 from .data import eval_batches as make_eval_batches
 from .data import pad_id as data_pad_id
 from .distributed import World, check_global_batch, init_world, shard
-from .fast_stats import batch_statistics, enable_grad_checkpoint
-from .losses import pair_metrics, preference_loss
+from .fast_stats import enable_grad_checkpoint
 from .models import count_trainable, load_policy, load_reference
+from .objective import METRIC_KEYS, StepResult, accumulate_gradients, batch_loss, evaluate, evaluation_sums
+from .optimizers import build_optimizer, build_schedule
 from .report import Reporters, check_report_to, make_reporters, say
-from .stats import split_pairs
 
 __all__ = [
     "TrainConfig",
@@ -74,19 +77,6 @@ __all__ = [
     "train",
 ]
 
-METRIC_KEYS = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "kl/chosen",
-    "kl/rejected",
-    "kl/margin",
-)
-
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient norm of a step was NaN/inf; the run stops before applying it."""
@@ -98,194 +88,6 @@ class NonFiniteLossError(RuntimeError):
             f"non-finite loss at step {step} (loss={loss}, grad_norm={grad_norm}); training stopped "
             f"without applying this step; {where}. Try a lower --lr, --max-grad-norm, or check the data."
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Loss over one batch and gradient accumulation
-# --------------------------------------------------------------------------------------------
-
-
-def batch_loss(
-    model,
-    batch,
-    *,
-    loss_type="tdpo2",
-    beta=0.1,
-    alpha=0.5,
-    reference_model=None,
-    average_log_prob=False,
-    total_pairs=None,
-    differentiable=True,
-    share_prompt=True,
-):
-    """Training objective of one (micro-)batch.
-
-    Args:
-        model: the policy (with adapters); reference = ``reference_model`` or the adapters off.
-        batch: :class:`tdpo_mlx.data.Batch` of B pairs (2B rows).
-        loss_type, beta, alpha: see :func:`tdpo_mlx.losses.preference_loss`.
-        total_pairs: divisor of the summed per-pair losses (default B). With gradient
-            accumulation pass the number of pairs of the whole step, so that summing the
-            micro-batch gradients gives the gradient of the mean over all pairs.
-        differentiable: False for evaluation (no gradient will be taken).
-        share_prompt: compute each pair's prompt once (:mod:`tdpo_mlx.shared_prompt`).
-
-    Returns:
-        ``(loss, sums)``: loss a scalar float32 = sum_i loss_i / total_pairs; ``sums`` a dict of
-        scalar sums over the B pairs for each key of :data:`METRIC_KEYS` (stop-gradient).
-    """
-    stats = batch_statistics(
-        model,
-        batch,
-        reference_model=reference_model,
-        average_log_prob=average_log_prob,
-        differentiable=differentiable,
-        kl_grad="rejected" if loss_type == "tdpo2" else "all",  # TDPO2: sg(KL_w), no map needed
-        share_prompt=share_prompt,
-    )
-    chosen, rejected = split_pairs(stats)
-    out = preference_loss(chosen, rejected, loss_type, beta, alpha)
-    per_pair = pair_metrics(chosen, rejected, out)
-    sums = {k: mx.stop_gradient(mx.sum(v)) for k, v in per_pair.items()}
-    n = float(total_pairs if total_pairs is not None else batch.n_pairs)
-    return mx.sum(out.losses) / n, sums
-
-
-@dataclass
-class StepResult:
-    """Output of :func:`accumulate_gradients`: ``loss`` (mean over pairs, float), ``grads``
-    (tree like ``model.trainable_parameters()``), ``sums`` (metric sums over pairs, floats),
-    ``n_pairs`` and ``n_tokens`` (real tokens in the micro-batches); :func:`train_step` adds
-    ``grad_norm`` (before clipping), ``seconds`` (wall time of the step) and ``comm_seconds``
-    (of it, the gradient all-reduce), and makes every field global over the processes."""
-
-    loss: float
-    grads: dict
-    sums: dict
-    n_pairs: int
-    n_tokens: int
-    grad_norm: float = float("nan")
-    seconds: float = 0.0
-    comm_seconds: float = 0.0
-
-    def progress(self) -> dict:
-        """What the progress bar shows: loss, accuracy, tokens per second of this step."""
-        return {
-            "loss": self.loss,
-            "accuracy": self.sums["rewards/accuracies"] / self.n_pairs,
-            "tokens_per_second": self.n_tokens / max(self.seconds, 1e-9),
-        }
-
-
-def accumulate_gradients(model, batches, total_pairs=None, **loss_kw) -> StepResult:
-    """Gradient of the mean per-pair loss over all pairs of ``batches`` (any sizes).
-
-    Each micro-batch contributes grad(sum of its pair losses / total pairs); the sum equals the
-    gradient of one big batch exactly (up to float rounding). Arrays are evaluated after each
-    micro-batch so only one micro-batch's graph is alive at a time.
-
-    Args:
-        model: policy; gradients are taken w.r.t. ``model.trainable_parameters()``.
-        batches: list of :class:`tdpo_mlx.data.Batch`.
-        total_pairs: divisor of the summed pair losses (default: the pairs of ``batches``); data
-            parallelism passes ``G / N``, G pairs over N processes, whose gradients are averaged.
-        **loss_kw: loss_type, beta, alpha, reference_model, average_log_prob (see :func:`batch_loss`).
-    """
-    batches = list(batches)
-    total = total_pairs or sum(b.n_pairs for b in batches)
-    if total == 0:
-        raise ValueError("accumulate_gradients needs at least one pair")
-
-    def fn(b):
-        return batch_loss(model, b, total_pairs=total, **loss_kw)
-
-    value_and_grad = nn.value_and_grad(model, fn)
-    grads, loss, sums, tokens = None, 0.0, {}, 0
-    for b in batches:
-        (part_loss, s), g = value_and_grad(b)
-        grads = g if grads is None else tree_map(mx.add, grads, g)
-        mx.eval(grads, part_loss, s)
-        loss += part_loss.item()
-        for k, v in s.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-        tokens += b.n_tokens
-    return StepResult(loss, grads, sums, sum(b.n_pairs for b in batches), tokens)
-
-
-# --------------------------------------------------------------------------------------------
-# Optimizer and schedule
-# --------------------------------------------------------------------------------------------
-
-
-def build_schedule(lr: float, warmup_steps: int, lr_schedule: str = "constant", total_steps: int = 1):
-    """Learning rate as a function of the optimizer step s (0-based).
-
-    Warm-up as in the TDPO/DPO reference code: ``lr * min(1, (s + 1) / (warmup + 1))``, then
-    constant, or cosine decay from ``lr`` to 0 over the remaining ``total_steps - warmup`` steps.
-    Returns a callable step -> float32 scalar array (mlx.optimizers schedules).
-    """
-    if lr_schedule == "constant":
-        main = lambda _step: mx.array(lr, dtype=mx.float32)  # noqa: E731
-    elif lr_schedule == "cosine":
-        main = optim.cosine_decay(lr, max(1, total_steps - warmup_steps), 0.0)
-    else:
-        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose constant or cosine")
-    if warmup_steps <= 0:
-        return main
-    warm = optim.linear_schedule(lr / (warmup_steps + 1), lr, warmup_steps)
-    return optim.join_schedules([warm, main], [warmup_steps])
-
-
-def build_optimizer(config: TrainConfig, total_steps: int) -> optim.Optimizer:
-    """The optimizer named by ``config.optimizer`` with the schedule of :func:`build_schedule`.
-
-    rmsprop: alpha 0.99, eps 1e-8 (PyTorch defaults, the paper's optimizer); adam/adamw with
-    bias correction (as PyTorch); adamw uses ``config.weight_decay``; sgd without momentum.
-    """
-    sched = build_schedule(config.lr, config.warmup_for(total_steps), config.lr_schedule, total_steps)
-    name = config.optimizer
-    if name == "rmsprop":
-        return optim.RMSprop(learning_rate=sched, alpha=0.99, eps=1e-8)
-    if name == "adamw":
-        return optim.AdamW(learning_rate=sched, weight_decay=config.weight_decay, bias_correction=True)
-    if name == "adam":
-        return optim.Adam(learning_rate=sched, bias_correction=True)
-    if name == "sgd":
-        return optim.SGD(learning_rate=sched)
-    raise ValueError(f"unknown optimizer {name!r}; choose rmsprop, adamw, adam or sgd")
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------
-
-
-def evaluate(model, batches, *, prefix="eval_", **loss_kw) -> dict:
-    """Metrics averaged over all pairs of ``batches`` (no gradient, eval mode: no dropout).
-
-    Returns:
-        ``{prefix + key: float}`` for every key of :data:`METRIC_KEYS`.
-    """
-    sums, n = evaluation_sums(model, batches, **loss_kw)
-    return {prefix + k: sums[k] / max(n, 1) for k in METRIC_KEYS}
-
-
-def evaluation_sums(model, batches, **loss_kw) -> tuple[dict, int]:
-    """``({key: sum over the pairs of batches}, pairs)`` for every key of :data:`METRIC_KEYS`
-    (zeros without batches), in eval mode (no dropout), without gradients."""
-    was_training = model.training
-    model.eval()
-    sums, n = dict.fromkeys(METRIC_KEYS, 0.0), 0
-    try:
-        for b in batches:
-            _, s = batch_loss(model, b, differentiable=False, **loss_kw)
-            mx.eval(s)
-            for k, v in s.items():
-                sums[k] += v.item()
-            n += b.n_pairs
-    finally:
-        model.train(was_training)
-    return sums, n
 
 
 # --------------------------------------------------------------------------------------------
