@@ -289,9 +289,9 @@ def test_saved_adapters_load_in_mlx_lm_with_same_logits(model_dir, full_run):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(model_dir, data, tmp_path, monkeypatch):
-    import tdpo_mlx.trainer as T
+    import tdpo_mlx.objective as O
 
-    real = T.batch_loss
+    real = O.batch_loss
     calls = {"train": 0}
 
     def nan_from_step_3(model, batch, **kw):
@@ -302,7 +302,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(model_dir, data, t
                 loss = loss * float("nan")
         return loss, sums
 
-    monkeypatch.setattr(T, "batch_loss", nan_from_step_3)
+    monkeypatch.setattr(O, "batch_loss", nan_from_step_3)  # where accumulate_gradients calls it
     out = tmp_path / "nan"
     cfg = _cfg(model_dir, out, save_every=1, eval_every=0, lora_dropout=0.0)
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 3") as ei:
