@@ -124,6 +124,15 @@ def test_qlora_quantizes_base_within_one_step(model_dir):
     assert np.corrcoef(lf.ravel(), lq.ravel())[0, 1] > 0.95 and not np.allclose(lf, lq)
 
 
+def test_quantized_base_on_cpu_warns_that_it_is_slow(model_dir, caplog):
+    with caplog.at_level("WARNING", logger="tdpo_mlx.models"):
+        load_policy(str(model_dir))
+        assert not [r for r in caplog.records if "quantized matmuls" in r.getMessage()]
+        load_policy(str(model_dir), quantize=4)
+    hits = [r for r in caplog.records if "quantized matmuls" in r.getMessage()]
+    assert len(hits) == (1 if is_cpu_backend() else 0)
+
+
 def test_dora_magnitude_starts_at_row_norms(model_dir):
     model, _ = load_policy(str(model_dir), dora=True, lora_keys=["q_proj", "v_proj"])
     assert model.adapter_config["fine_tune_type"] == "dora"
