@@ -233,9 +233,9 @@ def breakdown(model, batch, value_and_grad, opt, args) -> dict:
     from tdpo_mlx.shared_prompt import prompt_sharing_ok, shared_hidden, shared_layout
 
     gflops = backend.matmul_gflops(1024, 5)["gflops"]
-    pol = stats._verified_plan(model)
+    pol = stats.verified_plan(model)
     with adapters_disabled(model):
-        ref = stats._head_plan(model)
+        ref = stats.find_head_plan(model)
     kl_grad = "rejected" if args.loss_type == "tdpo2" else "all"
     c = args.chunk_size or stats.default_chunk_size(pol.vocab)
     layout = shared_layout(batch) if prompt_sharing_ok(model, pol.body) else None
@@ -436,7 +436,7 @@ def main(argv=None) -> int:
     n_lora = attach_lora(model, args.lora_rank, args.seed)
     if args.data:
         return real_data(args, model, name)
-    vocab = stats._head_plan(model).vocab
+    vocab = stats.find_head_plan(model).vocab
     batch = make_batch(args, vocab)
     n_tok = 2 * args.pairs * (args.prompt_len + args.response_len)
     print(f"model: {name}, dtype {dtype}, vocab {vocab}, {n_lora} LoRA layers of rank {args.lora_rank}")

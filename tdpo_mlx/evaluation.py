@@ -29,8 +29,8 @@ import numpy as np
 
 from .backend import default_compute_dtype
 from .data import pad_id as pad_of
-from .fast_stats import _post_logits, _verified_plan
 from .generation import Sample, generate_samples, progress_bar
+from .head_plan import post_logits, verified_plan
 from .models import adapters_disabled, load_policy, read_adapter_config
 
 KL_DIRECTION = "KL(pi_theta || pi_ref), summed over generated tokens, on samples from pi_theta"
@@ -163,11 +163,11 @@ def _logits_at(model, inputs: mx.array, pos: mx.array) -> mx.array:
     the full (N, L, V) logits.
     """
     idx = pos[..., None]
-    plan = _verified_plan(model)
+    plan = verified_plan(model)
     if plan is None:
         return mx.take_along_axis(model(inputs), idx, axis=1)
     hidden = mx.take_along_axis(plan.body(inputs), idx, axis=1)
-    return _post_logits(plan.head(hidden), plan.scale, plan.cap)
+    return post_logits(plan.head(hidden), plan.scale, plan.cap)
 
 
 # ----------------------------------------------------------------------------------------------

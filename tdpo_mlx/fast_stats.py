@@ -5,7 +5,6 @@ without any (N, T, V) tensor (response-only LM head, chunked KL, custom VJP).
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -13,6 +12,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.trainer import grad_checkpoint
 
+from .head_plan import HeadPlan, find_head_plan, post_logits, verified_plan
 from .models import adapters_disabled
 from .shared_prompt import prompt_sharing_ok, shared_hidden, shared_layout
 from .stats import SequenceStatistics, model_statistics, vocab_sum
@@ -44,97 +44,6 @@ from .stats import SequenceStatistics, model_statistics, vocab_sum
 # sum over the vocabulary in blocks of 64 (:func:`tdpo_mlx.stats.vocab_sum`, ~1e-9).
 
 _CHUNK_BYTES = 64 * 2**20  # target size of one (C, V) float32 chunk of logits
-
-
-class _HeadPlan(NamedTuple):
-    """How to get logits from a model's final hidden states."""
-
-    body: object  # callable inputs (N, L) -> hidden (N, L, D)
-    head: object  # callable hidden (..., D) -> raw logits (..., V)
-    module: object  # the nn.Module owning the head weights (for trainable_parameters)
-    scale: float  # logits = cap * tanh(scale * z / cap), or scale * z when cap is None
-    cap: float | None
-    vocab: int
-
-
-def _head_plan(model) -> _HeadPlan | None:
-    """Body, LM head and final logit transform of an mlx-lm causal LM, or None if unknown.
-
-    Handles untied ``lm_head``, tied embeddings (``model.model.embed_tokens.as_linear``),
-    final logit softcapping (``final_logit_softcapping``: Gemma 2/3n/4), Cohere's ``logit_scale``
-    and Granite's ``logits_scaling``. :func:`_verified_plan` checks the result numerically.
-    """
-    children = model.children() if hasattr(model, "children") else {}
-    body = children.get("model")
-    if body is None or not callable(body):
-        return None
-    tied = getattr(model, "tie_word_embeddings", None)
-    if tied is None:
-        tied = getattr(getattr(model, "args", None), "tie_word_embeddings", None)
-    if "lm_head" in children and tied is not True:
-        module = children["lm_head"]
-        head = module
-    else:
-        module = body.children().get("embed_tokens") if hasattr(body, "children") else None
-        if module is None or not hasattr(module, "as_linear"):
-            return None
-        head = module.as_linear
-    scale = 1.0
-    margs = getattr(body, "args", None)
-    if (
-        margs is not None
-        and getattr(margs, "logit_scale", None)
-        and getattr(model, "model_type", "").startswith("cohere")
-    ):
-        scale = float(margs.logit_scale)
-    if getattr(model, "logits_scaling", None):
-        scale = 1.0 / float(model.logits_scaling)
-    cap = getattr(model, "final_logit_softcapping", None)
-    weight = getattr(module, "weight", None)
-    vocab = None
-    if weight is not None:
-        vocab = int(weight.shape[0])
-    if vocab is None:
-        args = getattr(model, "args", None)
-        vocab = int(getattr(args, "vocab_size", 0)) or None
-    if vocab is None:
-        return None
-    return _HeadPlan(body, head, module, scale, float(cap) if cap else None, vocab)
-
-
-_PLAN_ATTR = "_tdpo_fast_plan_ok"
-
-
-def _verified_plan(model) -> _HeadPlan | None:
-    """:func:`_head_plan` checked once per model: ``model(x)`` must equal head(body(x)).
-
-    The check runs a 6-token forward; its verdict is stored on the model object. Inside
-    ``mx.compile`` the check cannot evaluate and is skipped (the structural plan is used).
-    """
-    plan = _head_plan(model)
-    if plan is None:
-        return None
-    verdict = getattr(model, _PLAN_ATTR, None)
-    if verdict is None:
-        try:
-            x = (mx.arange(1, 7, dtype=mx.int32) % plan.vocab)[None]
-            full = model(x).astype(mx.float32)
-            mine = _post_logits(plan.head(plan.body(x)).astype(mx.float32), plan.scale, plan.cap)
-            diff = mx.max(mx.abs(full - mine)).item()
-            verdict = bool(full.shape == mine.shape and diff <= 1e-3 * max(1.0, mx.max(mx.abs(full)).item()))
-        except (RuntimeError, ValueError) as e:
-            if "eval" not in str(e) and "transform" not in str(e):
-                raise
-            return plan  # under mx.compile nothing can be evaluated: trust the plan, check next time
-        object.__setattr__(model, _PLAN_ATTR, verdict)
-    return plan if verdict else None
-
-
-def _post_logits(z: mx.array, scale: float, cap: float | None) -> mx.array:
-    """The model's final logit transform: ``cap * tanh(scale * z / cap)`` or ``scale * z``."""
-    if cap:
-        return cap * mx.tanh(z * (scale / cap))
-    return z * scale if scale != 1.0 else z
 
 
 def _cpu_exp(x: mx.array) -> mx.array:
@@ -190,7 +99,7 @@ def _chunk_terms(z, tgt, scale, cap, want_grad, exp):
     """
     c = tgt.shape[0]
     z = z.astype(mx.float32)
-    y = _post_logits(z, scale, cap)
+    y = post_logits(z, scale, cap)
     m = mx.max(y, axis=-1, keepdims=True)
     e = exp(y - m)
     s = vocab_sum(e)
@@ -240,7 +149,7 @@ def _terms_fn(scale, cap, want_grad):
     return fn
 
 
-def _target_rows(plan: _HeadPlan, tgt: mx.array, h: mx.array) -> mx.array:
+def _target_rows(plan: HeadPlan, tgt: mx.array, h: mx.array) -> mx.array:
     """(C, D) rows of the head's weight for the targets: d head(h)[t] / d h, without a one-hot.
 
     Tied (possibly quantized) embeddings look the rows up; an ``nn.Linear`` gathers them;
@@ -255,7 +164,7 @@ def _target_rows(plan: _HeadPlan, tgt: mx.array, h: mx.array) -> mx.array:
     return rows
 
 
-def _frozen_head_chunk(pol: _HeadPlan, ref: _HeadPlan, differentiable: bool, kl_grad: bool = True):
+def _frozen_head_chunk(pol: HeadPlan, ref: HeadPlan, differentiable: bool, kl_grad: bool = True):
     """Chunk function (hp, hr, tgt) -> (tok, ref_tok, kl) with a precomputed-gradient VJP.
 
     Forward (numeric, not differentiated by MLX): the policy and reference logits
@@ -311,7 +220,7 @@ def _frozen_head_chunk(pol: _HeadPlan, ref: _HeadPlan, differentiable: bool, kl_
     return run
 
 
-def _trainable_head_chunk(pol: _HeadPlan, ref: _HeadPlan):
+def _trainable_head_chunk(pol: HeadPlan, ref: HeadPlan):
     """Chunk function for a head with trainable parameters: mx.checkpoint recomputes the
     chunk's logits in backward (gradients reach the head's parameters and the hidden states).
     Differentiated by MLX, so uncompiled, with MLX's own ``exp``."""
@@ -376,7 +285,7 @@ def default_chunk_size(vocab: int) -> int:
     return 1 << (c.bit_length() - 1)  # a power of two
 
 
-def head_statistics(pol: _HeadPlan, ref: _HeadPlan, hidden, ref_hidden, targets, groups, differentiable: bool):
+def head_statistics(pol: HeadPlan, ref: HeadPlan, hidden, ref_hidden, targets, groups, differentiable: bool):
     """Per-position (tok, ref_tok, kl) at the scored positions of ``groups`` (:func:`_chunk_plan`)
     from final hidden states (N, T, D) of policy and reference and the (N, T) int targets, and
     the (N, P') float32 matrix that sums them into rows. The LM-head part of
@@ -461,12 +370,12 @@ def batch_statistics(
     if not fast:
         return model_statistics(model, batch, reference_model, average_log_prob)
 
-    pol = _verified_plan(model)
+    pol = verified_plan(model)
     if reference_model is not None:
-        ref = _verified_plan(reference_model)
+        ref = verified_plan(reference_model)
     else:
         with adapters_disabled(model):
-            ref = _head_plan(model)  # its head is the base layer when lm_head carries an adapter
+            ref = find_head_plan(model)  # its head is the base layer when lm_head carries an adapter
     if pol is None or ref is None or (pol.scale, pol.cap, pol.vocab) != (ref.scale, ref.cap, ref.vocab):
         key = type(model).__module__
         if key not in _WARNED:
@@ -518,7 +427,7 @@ def _call_body(body, inputs):
     return body(inputs)
 
 
-def _can_share(model, reference_model, pol: _HeadPlan, ref: _HeadPlan) -> bool:
+def _can_share(model, reference_model, pol: HeadPlan, ref: HeadPlan) -> bool:
     """Prompt sharing fits the policy's body and the reference's (:func:`prompt_sharing_ok`)."""
     if not prompt_sharing_ok(model, pol.body):
         return False

@@ -184,7 +184,7 @@ def test_final_logit_softcapping_gemma2():
         final_logit_softcapping=0.5,  # small cap: tanh is far from linear at these logits
     )
     model = _lora(gemma2.Model(args))
-    plan = stats._head_plan(model)
+    plan = stats.find_head_plan(model)
     assert plan.cap == 0.5
     _check(model, _batch(vocab=8000))
 
@@ -193,7 +193,7 @@ def test_trainable_head_takes_the_checkpoint_route():
     model = _lora(_llama(False))
     model.lm_head = LoRALinear.from_base(model.lm_head, r=4, scale=2.0)
     model.lm_head.lora_b = 0.05 * mx.random.normal(model.lm_head.lora_b.shape, key=mx.random.key(7))
-    assert stats._has_trainable(stats._head_plan(model).module)
+    assert stats._has_trainable(stats.find_head_plan(model).module)
     assert "lm_head.lora_b" in dict(tree_flatten(model.trainable_parameters()))
     _check(model, _batch())
 
@@ -326,6 +326,6 @@ def test_qlora_quantized_head_values_and_gradients(tied):
     dequantized), the untied one a QuantizedLinear (target rows through the one-hot VJP)."""
     model = _llama(tied)
     nn.quantize(model, group_size=64, bits=4)
-    head = stats._head_plan(model).module
+    head = stats.find_head_plan(model).module
     assert isinstance(head, nn.QuantizedEmbedding if tied else nn.QuantizedLinear)
     _check(_lora(model), _batch())
