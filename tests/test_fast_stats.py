@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models import gemma2, gemma3_text, llama, qwen2
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
+from support.models import random_lora
 
 from tdpo_mlx import fast_stats as stats
 from tdpo_mlx.data import EncodedPair, make_batch
@@ -22,19 +23,6 @@ from tdpo_mlx.stats import model_statistics
 
 V = 32000
 RTOL = 1e-4
-
-
-def _lora(model, seed=1, rank=4, num_layers=None):
-    model.freeze()
-    n = len(model.layers) if num_layers is None else num_layers
-    linear_to_lora_layers(model, n, {"rank": rank, "scale": 2.0, "dropout": 0.0})
-    key = mx.random.key(seed)
-    for _, m in model.named_modules():
-        if hasattr(m, "lora_b"):
-            key, sub = mx.random.split(key)
-            m.lora_b = 0.05 * mx.random.normal(m.lora_b.shape, key=sub)
-    mx.eval(model.parameters())
-    return model
 
 
 def _llama(tied, seed=0, vocab=V):
@@ -125,7 +113,7 @@ def _check(model, batch, reference_model=None, chunk_size=8, avgs=(False,), **kw
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_llama_lora_values_and_gradients(tied):
-    model = _lora(_llama(tied))
+    model = random_lora(_llama(tied))
     batch = _batch()
     # policy and reference really differ, so KL and log-ratio gradients are exercised
     s = model_statistics(model, batch)
@@ -134,7 +122,7 @@ def test_llama_lora_values_and_gradients(tied):
 
 
 def test_one_chunk_and_auto_chunk_size():
-    model = _lora(_llama(False))
+    model = random_lora(_llama(False))
     batch = _batch()
     plain = model_statistics(model, batch)
     for c in (None, 1000):
@@ -166,7 +154,7 @@ def test_gemma3_text_tied():
     model = gemma3_text.Model(args)
     model.tie_word_embeddings = True
     model.pop("lm_head")
-    _check(_lora(model), _batch(vocab=8000))
+    _check(random_lora(model), _batch(vocab=8000))
 
 
 def test_final_logit_softcapping_gemma2():
@@ -183,14 +171,14 @@ def test_final_logit_softcapping_gemma2():
         num_key_value_heads=1,
         final_logit_softcapping=0.5,  # small cap: tanh is far from linear at these logits
     )
-    model = _lora(gemma2.Model(args))
+    model = random_lora(gemma2.Model(args))
     plan = stats.find_head_plan(model)
     assert plan.cap == 0.5
     _check(model, _batch(vocab=8000))
 
 
 def test_trainable_head_takes_the_checkpoint_route():
-    model = _lora(_llama(False))
+    model = random_lora(_llama(False))
     model.lm_head = LoRALinear.from_base(model.lm_head, r=4, scale=2.0)
     model.lm_head.lora_b = 0.05 * mx.random.normal(model.lm_head.lora_b.shape, key=mx.random.key(7))
     assert stats._has_trainable(stats.find_head_plan(model).module)
@@ -199,14 +187,14 @@ def test_trainable_head_takes_the_checkpoint_route():
 
 
 def test_separate_reference_model():
-    model = _lora(_llama(False, seed=0))
+    model = random_lora(_llama(False, seed=0))
     ref = _llama(False, seed=1)
     ref.freeze()
     _check(model, _batch(), reference_model=ref)
 
 
 def test_not_differentiable_mode_values():
-    model = _lora(_llama(False))
+    model = random_lora(_llama(False))
     batch = _batch()
     _assert_stats_close(
         model_statistics(model, batch), batch_statistics(model, batch, differentiable=False, chunk_size=8)
@@ -214,7 +202,7 @@ def test_not_differentiable_mode_values():
 
 
 def test_fast_false_is_the_plain_path():
-    model = _lora(_llama(True))
+    model = random_lora(_llama(True))
     batch = _batch()
     a, b = model_statistics(model, batch), batch_statistics(model, batch, fast=False)
     for x, y in zip(a, b):
@@ -228,7 +216,7 @@ def test_unknown_logit_transform_falls_back_with_a_warning():
 
     mx.random.seed(0)
     model = Scaled(_llama(False).args)
-    _lora(model)
+    random_lora(model)
     batch = _batch()
     stats._WARNED.discard(type(model).__module__)
     with warnings.catch_warnings(record=True) as w:
@@ -250,7 +238,7 @@ def test_grad_checkpoint_keeps_values_and_gradients():
         vocab_size=V,
         num_key_value_heads=2,
     )
-    model = _lora(qwen2.Model(args))
+    model = random_lora(qwen2.Model(args))
     batch = _batch()
     coef = _coef(4)
     _, g_ref = nn.value_and_grad(model, _loss(model_statistics, batch, coef))(model)
@@ -281,7 +269,7 @@ def test_real_gemma_fast_equals_plain(gemma_dir):
 
     model, _ = load(gemma_dir)
     mx.random.seed(0)
-    _lora(model, rank=8, num_layers=2)
+    random_lora(model, rank=8, num_layers=2)
     for _, m in model.named_modules():
         if hasattr(m, "lora_b"):
             m.lora_b = m.lora_b * 0.02  # keep the policy close to the base (KL of a few nats)
@@ -328,4 +316,4 @@ def test_qlora_quantized_head_values_and_gradients(tied):
     nn.quantize(model, group_size=64, bits=4)
     head = stats.find_head_plan(model).module
     assert isinstance(head, nn.QuantizedEmbedding if tied else nn.QuantizedLinear)
-    _check(_lora(model), _batch())
+    _check(random_lora(model), _batch())

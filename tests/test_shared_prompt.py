@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models import gemma2, gemma3_text, llama, qwen2
-from mlx_lm.tuner.utils import linear_to_lora_layers
+from support.models import random_lora
 
 from tdpo_mlx import fast_stats, shared_prompt
 from tdpo_mlx.data import EncodedPair, make_batch
@@ -20,18 +20,6 @@ from tdpo_mlx.stats import model_statistics
 
 V = 4000
 TIGHT = 1e-5
-
-
-def _lora(model, seed=1, dora=False):
-    model.freeze()
-    linear_to_lora_layers(model, len(model.layers), {"rank": 4, "scale": 2.0, "dropout": 0.0}, use_dora=dora)
-    key = mx.random.key(seed)
-    for _, m in model.named_modules():
-        if hasattr(m, "lora_b"):
-            key, sub = mx.random.split(key)
-            m.lora_b = 0.05 * mx.random.normal(m.lora_b.shape, key=sub)
-    mx.eval(model.parameters())
-    return model
 
 
 COMMON = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, rms_norm_eps=1e-6, vocab_size=V)
@@ -154,27 +142,27 @@ MODELS = {
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_shared_prompt_equals_full_rows(name, monkeypatch):
-    _check(_lora(MODELS[name]()), _batch(), monkeypatch)
+    _check(random_lora(MODELS[name]()), _batch(), monkeypatch)
 
 
 def test_tdpo2_kl_grad_rejected(monkeypatch):
-    _check(_lora(_llama()), _batch(), monkeypatch, kl_grad="rejected")
+    _check(random_lora(_llama()), _batch(), monkeypatch, kl_grad="rejected")
 
 
 def test_separate_reference_model(monkeypatch):
     ref = _llama(seed=1)
     ref.freeze()
-    _check(_lora(_llama()), _batch(), monkeypatch, reference_model=ref)
+    _check(random_lora(_llama()), _batch(), monkeypatch, reference_model=ref)
 
 
 def test_dora(monkeypatch):
-    _check(_lora(_llama(), dora=True), _batch(), monkeypatch)
+    _check(random_lora(_llama(), dora=True), _batch(), monkeypatch)
 
 
 def test_qlora(monkeypatch):
     model = _llama(True)
     nn.quantize(model, group_size=64, bits=4)
-    _check(_lora(model), _batch(), monkeypatch)
+    _check(random_lora(model), _batch(), monkeypatch)
 
 
 def test_every_prompt_one_token(monkeypatch):
@@ -182,7 +170,7 @@ def test_every_prompt_one_token(monkeypatch):
     batch = _batch(prompts=(1, 1), chosen=(4, 6), rejected=(5, 2))
     assert shared_prompt.shared_layout(batch).prompt_inputs is None
     spy = _Spy(monkeypatch)
-    model = _lora(_llama())
+    model = random_lora(_llama())
     a = batch_statistics(model, batch, chunk_size=8)
     b = batch_statistics(model, batch, chunk_size=8, share_prompt=False)
     assert spy.calls == 2
@@ -228,7 +216,7 @@ def test_gemma2_is_checked_and_uses_full_rows(monkeypatch):
     one-time check says no, and the statistics still equal the plain definition."""
     mx.random.seed(0)
     args = gemma2.ModelArgs(model_type="gemma2", num_attention_heads=2, head_dim=32, num_key_value_heads=1, **COMMON)
-    model = _lora(gemma2.Model(args))
+    model = random_lora(gemma2.Model(args))
     spy = _Spy(monkeypatch)
     batch = _batch()
     fast = batch_statistics(model, batch, chunk_size=8)

@@ -184,6 +184,22 @@ def make_adapter(
     return out
 
 
+def random_lora(model: nn.Module, seed: int = 1, rank: int = 4, num_layers: int | None = None, dora: bool = False):
+    """Freeze ``model``, attach LoRA (or DoRA) of ``rank`` (scale 2) to every linear of its last
+    ``num_layers`` blocks (default all) and fill ``lora_b`` with N(0, 0.05^2) so that the policy
+    differs from the reference (adapters off). Returns the model."""
+    model.freeze()
+    n = len(model.layers) if num_layers is None else num_layers
+    linear_to_lora_layers(model, n, {"rank": rank, "scale": 2.0, "dropout": 0.0}, use_dora=dora)
+    key = mx.random.key(seed)
+    for _, m in model.named_modules():
+        if hasattr(m, "lora_b"):
+            key, sub = mx.random.split(key)
+            m.lora_b = 0.05 * mx.random.normal(m.lora_b.shape, key=sub)
+    mx.eval(model.parameters())
+    return model
+
+
 def mlx_logits(model_dir: Path, adapter_path: Path | None = None, ids=TEXT_IDS) -> np.ndarray:
     """float32 logits (L, V) of the mlx-lm model (with the adapter when given) on ``ids``."""
     model, _ = load_model(Path(model_dir))
