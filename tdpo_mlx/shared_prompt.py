@@ -92,9 +92,9 @@ def shared_layout(batch) -> SharedLayout | None:
     """The two-call layout of ``batch``, or None when its rows cannot share a prompt (a prompt
     of 0 tokens, or a chosen/rejected pair whose prompt ids differ) or when sharing would run
     more body positions than the full rows: B W + 2B R > 2B (L - 1), padding included. That
-    happens when the longest prompt and the longest response belong to different pairs (on HH
-    batches of 4 pairs, about one batch in N; the row layout's right padding is then the
-    smaller waste)."""
+    happens when the longest prompt and the longest response belong to different pairs (44% of
+    the 547 HH training batches of 4 pairs at max length 512; the row layout's right padding is
+    then the smaller waste)."""
     ids = np.array(batch.input_ids)
     lengths = np.array(batch.lengths)
     prompt = np.array(batch.prompt_lengths)
@@ -168,14 +168,11 @@ def prompt_sharing_ok(model, body) -> bool:
     batch = make_batch([EncodedPair(x[:4], x[4:7], x[7:9]), EncodedPair(x[:2], x[9:11], x[3:4])])
     layout = shared_layout(batch)
     try:
-        shared = shared_hidden(body, layout)
-        full = body(batch.input_ids[:, :-1])
-        gathered = []
-        for j in range(4):
-            p, n = int(batch.prompt_lengths[j]), int(batch.lengths[j] - batch.prompt_lengths[j])
-            gathered.append(mx.max(mx.abs(shared[j, :n] - full[j, p - 1 : p - 1 + n])))
-        diff = mx.max(mx.stack(gathered)).item()
-        scale = max(1.0, mx.max(mx.abs(full)).item())
+        # the scored positions, row by row in order, in each layout
+        shared = np.array(shared_hidden(body, layout))[np.array(layout.mask)]
+        full = np.array(body(batch.input_ids[:, :-1]))[np.array(batch.target_mask)]
+        diff = float(np.abs(shared - full).max())
+        scale = max(1.0, float(np.abs(full).max()))
     except (RuntimeError, ValueError, TypeError) as e:
         if "eval" in str(e) or "transform" in str(e):
             return True  # under mx.compile: trust the structure, check next time
