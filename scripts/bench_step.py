@@ -58,17 +58,18 @@ def parse_args(argv=None):
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--chunk-size", type=int, default=None, help="positions per LM-head chunk (default: auto)")
     p.add_argument("--grad-checkpoint", action="store_true", help="checkpoint transformer blocks (both steps)")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="mx.compile the fast path's chunk kernel (off by default: on the CPU backend it measured no faster and held more memory)",
-    )
     p.add_argument("--only", choices=["both", "plain", "fast"], default="both")
     p.add_argument(
         "--rows",
         action="store_true",
         help="also time the fast path with every row run in full (share_prompt=False: the prompt "
         "computed for chosen and again for rejected, as before prompt sharing)",
+    )
+    p.add_argument(
+        "--mlx-head",
+        action="store_true",
+        help="also time the fast path traced by nn.value_and_grad with MLX's LM-head/KL kernel (the Metal/CUDA "
+        "path) instead of the CPU step with the head in NumPy (tdpo_mlx.cpu_step)",
     )
     p.add_argument(
         "--before",
@@ -228,28 +229,25 @@ def breakdown(model, batch, value_and_grad, opt, args) -> dict:
 
     import mlx.core as mx
 
+    from tdpo_mlx import cpu_head, cpu_step
     from tdpo_mlx import fast_stats as stats
     from tdpo_mlx.models import adapters_disabled
-    from tdpo_mlx.shared_prompt import prompt_sharing_ok, shared_hidden, shared_layout
+    from tdpo_mlx.shared_prompt import SharedLayout
 
     gflops = backend.matmul_gflops(1024, 5)["gflops"]
-    pol = stats.verified_plan(model)
-    with adapters_disabled(model):
-        ref = stats.find_head_plan(model)
     kl_grad = "rejected" if args.loss_type == "tdpo2" else "all"
-    c = args.chunk_size or stats.default_chunk_size(pol.vocab)
-    layout = shared_layout(batch) if prompt_sharing_ok(model, pol.body) else None
-    if layout is not None:  # the prompt once: B prompt rows, then 2B response rows after them
-        inputs, targets, mask, run = layout, layout.targets, layout.mask, shared_hidden
+    plan = stats.statistics_plan(model, batch, chunk_size=args.chunk_size, kl_grad=kl_grad, numpy_head=True)
+    pol, ref, inputs, targets, layout = plan.pol, plan.ref, plan.inputs, plan.targets, plan.inputs
+    if isinstance(layout, SharedLayout):  # the prompt once: B prompt rows, then 2B response rows after them
         w = 0 if layout.prompt_inputs is None else layout.prompt_inputs.shape[1]
         r = layout.inputs.shape[1]
         body_fwd = batch.n_pairs * body_flops_per_row(model, w) + 2 * batch.n_pairs * body_flops_per_row(model, r, w)
     else:
-        inputs, targets, mask = batch.input_ids[:, :-1], batch.targets, batch.target_mask
-        run = stats._call_body
+        layout = None
         body_fwd = inputs.shape[0] * body_flops_per_row(model, inputs.shape[1])  # padded rows run whole
-    n_rows = mask.shape[0]
-    groups = stats._chunk_plan(mask, c, batch.n_pairs if kl_grad == "rejected" else n_rows)
+    n_rows = plan.mask.shape[0]
+    weights = cpu_head.head_weight(pol), cpu_head.head_weight(ref)
+    numpy_head = all(w is not None for w in weights) and stats.NUMPY_HEAD["on"]
 
     def timed(fn):
         mx.synchronize()
@@ -258,10 +256,13 @@ def breakdown(model, batch, value_and_grad, opt, args) -> dict:
         mx.eval(out)
         return out, time.perf_counter() - t, time.process_time() - cpu
 
-    h, t_pol, c_pol = timed(lambda: run(pol.body, inputs))
+    h, t_pol, c_pol = timed(lambda: plan.run_body(pol.body, inputs))
     with adapters_disabled(model):
-        hr, t_ref, c_ref = timed(lambda: run(ref.body, inputs))
-    _, t_head, c_head = timed(lambda: stats.head_statistics(pol, ref, h, hr, targets, groups, True)[:3])
+        hr, t_ref, c_ref = timed(lambda: plan.run_body(ref.body, inputs))
+    if numpy_head:  # the trainer's CPU step (tdpo_mlx.cpu_step)
+        _, t_head, c_head = timed(lambda: cpu_step.head_terms(plan, *weights, h, hr) and [])
+    else:
+        _, t_head, c_head = timed(lambda: stats.head_statistics(pol, ref, h, hr, targets, plan.groups, True)[:3])
     h = hr = None  # free the hidden states before the full step
     (loss, g), t_vg, c_vg = timed(lambda: value_and_grad(model))
     _, t_opt, c_opt = timed(lambda: (opt.update(model, g), model.parameters(), opt.state)[1:])
@@ -281,7 +282,11 @@ def breakdown(model, batch, value_and_grad, opt, args) -> dict:
     total_t = t_vg + t_opt
     total_f = sum(v[2] for v in parts.values())
     shared = "prompt shared" if layout is not None else "prompt per row"
-    print(f"breakdown of one fast step ({n_rows} rows, {shared}, {p} scored positions, matmul {gflops:.0f} GFLOP/s):")
+    kernel = "head in NumPy" if numpy_head else "head in MLX"
+    print(
+        f"breakdown of one fast step ({n_rows} rows, {shared}, {kernel}, {p} scored positions, "
+        f"matmul {gflops:.0f} GFLOP/s):"
+    )
     out = {}
     for k, (t, cpu, fl) in parts.items():
         frac = fl / 1e9 / gflops / t if t > 0 and fl else 0.0
@@ -307,6 +312,7 @@ def real_data(args, model, name) -> int:
     from tdpo_mlx.data import make_batch as pad_batch
     from tdpo_mlx.gguf import resolve_model_path
     from tdpo_mlx.losses import preference_loss
+    from tdpo_mlx.objective import accumulate_gradients
     from tdpo_mlx.shared_prompt import shared_layout
     from tdpo_mlx.stats import split_pairs
 
@@ -317,6 +323,7 @@ def real_data(args, model, name) -> int:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     print(f"data: {args.data}: {len(train_pairs)} train pairs, {len(held)} held-out pairs evaluated")
     kl_grad = "rejected" if args.loss_type == "tdpo2" else "all"
+    loss_kw = dict(loss_type=args.loss_type, beta=args.beta, alpha=args.alpha)
     default_cache = mx.set_cache_limit(0)
     mx.set_cache_limit(default_cache)
     share = {"kl_grad": kl_grad}
@@ -343,7 +350,11 @@ def real_data(args, model, name) -> int:
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
             b = next(it)
-            loss, g = vg(model, b)
+            if kind == "before":
+                loss, g = vg(model, b)
+            else:  # the trainer's own step (the CPU step where it applies)
+                res = accumulate_gradients(model, [b], **loss_kw, share_prompt=kw.get("share_prompt", True))
+                loss, g = mx.array(res.loss), res.grads
             opt.update(model, g)
             mx.eval(loss, model.parameters(), opt.state)
             real += int(b.lengths.sum().item())
@@ -419,11 +430,11 @@ def main(argv=None) -> int:
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
 
+    from tdpo_mlx import cpu_head, cpu_step
     from tdpo_mlx import fast_stats as stats
     from tdpo_mlx.losses import preference_loss
     from tdpo_mlx.stats import split_pairs
 
-    stats._USE_COMPILE["on"] = args.compile
     default_cache = mx.set_cache_limit(0)
     mx.set_cache_limit(default_cache)
     cache = backend.set_buffer_cache_from_memory() or default_cache
@@ -457,8 +468,21 @@ def main(argv=None) -> int:
 
         return f
 
-    vg = {k: nn.value_and_grad(model, loss_fn(k == "fast")) for k in ("plain", "fast")}
-    vg["rows"] = nn.value_and_grad(model, loss_fn(True, share=False))
+    def loss_of_stats(s):
+        ch, rj = split_pairs(s)
+        return preference_loss(ch, rj, args.loss_type, args.beta, args.alpha).losses.mean()
+
+    def trainer_vg(share):  # what the trainer runs: the CPU step where it applies, else traced
+        traced = nn.value_and_grad(model, loss_fn(True, share))
+
+        def vg(m):
+            kw = dict(kl_grad=kl_grad, share_prompt=share, chunk_size=args.chunk_size)
+            return cpu_step.value_and_grad(m, batch, loss_of_stats, **kw) or traced(m)
+
+        return vg
+
+    vg = {"plain": nn.value_and_grad(model, loss_fn(False)), "fast": trainer_vg(True), "rows": trainer_vg(False)}
+    vg["mlxhead"] = nn.value_and_grad(model, loss_fn(True))
     if args.before:
         old = load_before(args.before)
 
@@ -474,6 +498,8 @@ def main(argv=None) -> int:
     kinds = ["plain", "fast"] if args.only == "both" else [args.only]
     if args.rows:
         kinds.append("rows")
+    if args.mlx_head:
+        kinds.append("mlxhead")
     if args.before:
         kinds.append("before")
     result: dict = {}
@@ -518,6 +544,7 @@ def main(argv=None) -> int:
         result["breakdown"] = breakdown(model, batch, vg["fast"], opt, args)
 
     def step(kind):
+        cpu_head.WORKSPACE_PEAK["bytes"] = 0
         mx.set_cache_limit(default_cache if kind == "before" else cache)
         mx.clear_cache()
         mx.reset_peak_memory()
@@ -526,7 +553,8 @@ def main(argv=None) -> int:
         opt.update(model, g)
         mx.eval(loss, model.parameters(), opt.state)
         dt, dc = time.perf_counter() - t, time.process_time() - c
-        return dt, dc, mx.get_peak_memory() / 1e9
+        extra = cpu_head.WORKSPACE_PEAK["bytes"] if kind in ("fast", "rows") else 0  # NumPy's head buffers
+        return dt, dc, (mx.get_peak_memory() + extra) / 1e9
 
     times = {k: [] for k in kinds}
     cpu = {k: [] for k in kinds}
@@ -550,6 +578,9 @@ def main(argv=None) -> int:
     if "rows" in kinds and "fast" in kinds:
         result["fast_over_rows"] = result["fast_step_s"] / result["rows_step_s"]
         print(f"fast/rows (prompt shared / computed per row): step time {result['fast_over_rows']:.3f}x")
+    if "mlxhead" in kinds and "fast" in kinds:
+        result["fast_over_mlxhead"] = result["fast_step_s"] / result["mlxhead_step_s"]
+        print(f"fast/mlxhead (NumPy / MLX head kernel): step time {result['fast_over_mlxhead']:.3f}x")
     if "before" in kinds:
         result["fast_over_before"] = result["fast_step_s"] / result["before_step_s"]
         print(f"fast/before: step time {result['fast_over_before']:.3f}x")
@@ -570,7 +601,6 @@ def main(argv=None) -> int:
         dtype=str(dtype).replace("mlx.core.", ""),
         blas=backend.blas_info()["kind"],
         grad_checkpoint=args.grad_checkpoint,
-        compile=args.compile,
     )
     print(json.dumps(result))
     return 0

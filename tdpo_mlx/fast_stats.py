@@ -5,6 +5,7 @@ without any (N, T, V) tensor (response-only LM head, chunked KL, custom VJP).
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -12,6 +13,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.trainer import grad_checkpoint
 
+from . import cpu_head
 from .head_plan import HeadPlan, find_head_plan, post_logits, verified_plan
 from .models import adapters_disabled
 from .shared_prompt import prompt_sharing_ok, shared_hidden, shared_layout
@@ -40,40 +42,13 @@ from .stats import SequenceStatistics, model_statistics, vocab_sum
 # Metal: mlx-lm's fused ``tuner.losses.kl_div_loss`` computes the same per-position KL, but its
 # VJP needs both (C, V) logits again in backward; the precomputed-gradient design above keeps
 # no logits at all, so the portable path is used on every backend (untested on Metal here).
+# CPU backend: training goes through tdpo_mlx.cpu_step (the same statistics, the head in NumPy,
+# ~2.5x faster there) and evaluation through the NumPy kernel here (_numpy_values_chunk); the
+# MLX kernel below is the Metal/CUDA path and the fallback for heads NumPy cannot read.
 # Float32 note: MLX's CPU sum over V = 262,144 values measured 4e-4 relative error; both paths
 # sum over the vocabulary in blocks of 64 (:func:`tdpo_mlx.stats.vocab_sum`, ~1e-9).
 
 _CHUNK_BYTES = 64 * 2**20  # target size of one (C, V) float32 chunk of logits
-
-
-def _cpu_exp(x: mx.array) -> mx.array:
-    """exp(x) for x <= 0 (softmax arguments) from elementwise ops, for the CPU backend.
-
-    Cephes ``expf``: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for exact reduction),
-    a degree-7 polynomial for exp(r), and 2^n built from the exponent bits. Max relative error
-    8e-8 (~1.3 ulp) against float64 over [-87, 0]; MLX's own CPU ``exp`` measured 3.9e-6 and,
-    ~20 ns an element against ~13 ns for this one unfused (~7 ns compiled). Results below
-    1.2e-38 (x < -87.3, including -inf) are 0. Not differentiable (``mx.view``): forward only.
-    """
-    a = mx.maximum(x, -87.3)
-    n = mx.floor(a * 1.4426950408889634 + 0.5)
-    r = a - n * 0.693359375
-    r = r + n * 2.12194440e-4
-    p = 1.9875691500e-4
-    p = p * r + 1.3981999507e-3
-    p = p * r + 8.3334519073e-3
-    p = p * r + 4.1665795894e-2
-    p = p * r + 1.6666665459e-1
-    p = p * r + 5.0000001201e-1
-    p = p * (r * r) + r + 1.0
-    scale = mx.view((n.astype(mx.int32) + 127) << 23, mx.float32)
-    return mx.where(x < -87.3, 0.0, p * scale)
-
-
-def _exp_fn():
-    """The exponential for the fused chunk kernels: :func:`_cpu_exp` on the CPU backend only
-    (Metal and CUDA keep MLX's own kernels)."""
-    return _cpu_exp if mx.default_device() == mx.cpu else mx.exp
 
 
 def _chunk_terms(z, tgt, scale, cap, want_grad, exp):
@@ -125,28 +100,37 @@ def _chunk_terms(z, tgt, scale, cap, want_grad, exp):
     return tok, ref_tok, kl, p, dc_t
 
 
-_COMPILED: dict = {}
-_USE_COMPILE = {"on": False}
+#: Set "on" to False to use MLX's chunk kernel on the CPU backend too (tests, benchmarks).
+NUMPY_HEAD = {"on": True}
 
 
 def _terms_fn(scale, cap, want_grad):
-    """:func:`_chunk_terms` for fixed constants, mx.compile'd when enabled (``_USE_COMPILE``,
-    off by default: on the CPU backend the compiled kernel measured no faster and held ~2x the
-    (C, V) blocks). On the CPU backend it uses :func:`_cpu_exp` (MLX's CPU exp is off by up
-    to 3.9e-6 relative, which moves a KL near zero by ~1e-6)."""
-    compiled = _USE_COMPILE["on"]
-    exp = _exp_fn() if compiled else mx.exp
-    key = (scale, cap, want_grad, compiled, exp)
-    fn = _COMPILED.get(key)
-    if fn is None:
+    """:func:`_chunk_terms` for fixed constants, with MLX's own ``exp``."""
 
-        def fn(z, tgt):
-            return _chunk_terms(z, tgt, scale, cap, want_grad, exp)
+    def fn(z, tgt):
+        return _chunk_terms(z, tgt, scale, cap, want_grad, mx.exp)
 
-        if compiled:
-            fn = mx.compile(fn)
-        _COMPILED[key] = fn
     return fn
+
+
+def _numpy_values_chunk(pol: HeadPlan, ref: HeadPlan, work):
+    """No-gradient chunk function computed by :func:`tdpo_mlx.cpu_head.chunk_terms` (CPU
+    backend, plain float32 heads), or None where that kernel does not apply. Not for use under
+    a gradient transform: evaluating a traced body there keeps all its intermediates
+    (:mod:`tdpo_mlx.cpu_step` is the training path)."""
+    w_pol, w_ref = cpu_head.head_weight(pol), cpu_head.head_weight(ref)
+    if w_pol is None or w_ref is None or not NUMPY_HEAD["on"]:
+        return None
+
+    def terms(hp, hr, tgt):
+        hp, hr, tgt = hp.astype(mx.float32), hr.astype(mx.float32), tgt.astype(mx.int32)
+        mx.eval(hp, hr, tgt)
+        out = cpu_head.chunk_terms(
+            w_pol, w_ref, np.asarray(hp), np.asarray(hr), np.asarray(tgt), pol.scale, pol.cap, "none", work
+        )
+        return tuple(mx.array(v) for v in out)
+
+    return terms
 
 
 def _target_rows(plan: HeadPlan, tgt: mx.array, h: mx.array) -> mx.array:
@@ -248,7 +232,8 @@ def _eval_if_allowed(arrays) -> bool:
         return False
 
 
-def _has_trainable(module) -> bool:
+def has_trainable(module) -> bool:
+    """Whether ``module`` (e.g. an LM head) has trainable parameters."""
 
     return bool(tree_flatten(module.trainable_parameters()))
 
@@ -294,13 +279,14 @@ def head_statistics(pol: HeadPlan, ref: HeadPlan, hidden, ref_hidden, targets, g
     hidden = hidden.reshape(n * t, -1)
     ref_hidden = mx.stop_gradient(ref_hidden.reshape(n * t, -1))
     flat_targets = targets.reshape(-1)
-    trainable = _has_trainable(pol.module) and differentiable
+    trainable = has_trainable(pol.module) and differentiable
+    values = None if differentiable else _numpy_values_chunk(pol, ref, cpu_head.Workspace())
     outs, rows = [], []
     for idx, row_of, cg, need_kl in groups:
         if trainable:
             chunk = _trainable_head_chunk(pol, ref)
         else:
-            chunk = _frozen_head_chunk(pol, ref, differentiable, need_kl)
+            chunk = values or _frozen_head_chunk(pol, ref, differentiable, need_kl)
         idx_mx = mx.array(idx)
         hp = mx.take(hidden, idx_mx, axis=0)
         hr = mx.take(ref_hidden, idx_mx, axis=0)
@@ -314,11 +300,31 @@ def head_statistics(pol: HeadPlan, ref: HeadPlan, hidden, ref_hidden, targets, g
                 _eval_if_allowed(outs[-1])
         rows.append(row_of)
     tok, ref_tok, kl = (mx.concatenate(list(v)) if len(outs) > 1 else v[0] for v in zip(*outs))
-    row_of = np.concatenate(rows)
+    return tok, ref_tok, kl, mx.array(row_membership(groups, n))
+
+
+def row_membership(groups, n: int) -> np.ndarray:
+    """(N, P') float32 matrix with a 1 at (row, position) for each scored position of
+    ``groups`` (:func:`_chunk_plan`; padding columns are all zero): ``member @ tok`` sums
+    per-position values into rows."""
+    row_of = np.concatenate([g[1] for g in groups])
     member = np.zeros((n, row_of.size), dtype=np.float32)
     live = row_of >= 0
-    member[row_of[live], np.flatnonzero(live)] = 1.0  # (N, P') row of each scored position
-    return tok, ref_tok, kl, mx.array(member)
+    member[row_of[live], np.flatnonzero(live)] = 1.0
+    return member
+
+
+def sequence_statistics(tok, ref_tok, kl, member, mask, average_log_prob: bool) -> SequenceStatistics:
+    """Per-row :class:`SequenceStatistics` from per-position (P',) values and the (N, P')
+    membership (:func:`row_membership`); ``mask`` (N, T) counts the scored tokens."""
+    n_tok = mx.sum(mask.astype(mx.float32), axis=-1)
+    logps = member @ tok
+    ref_logps = mx.stop_gradient(member @ ref_tok)
+    seq_kl = member @ kl
+    if average_log_prob:
+        d = mx.maximum(n_tok, 1.0)
+        logps, ref_logps, seq_kl = logps / d, ref_logps / d, seq_kl / d
+    return SequenceStatistics(logps, ref_logps, logps - ref_logps, seq_kl, n_tok)
 
 
 _WARNED: set = set()
@@ -352,7 +358,8 @@ def batch_statistics(
             (:func:`tdpo_mlx.models.adapters_disabled`). Always under stop_gradient.
         average_log_prob: average instead of sum over response tokens.
         fast: False calls :func:`model_statistics` (the plain full-logits definition).
-        chunk_size: positions per LM-head chunk; default :func:`default_chunk_size`.
+        chunk_size: positions per LM-head chunk; default :func:`default_chunk_size`, or
+            :func:`tdpo_mlx.cpu_head.default_chunk_size` where the NumPy kernel runs.
         differentiable: False skips the work only backward needs (use for evaluation).
         kl_grad: ``"all"``, or ``"rejected"`` when the chosen rows' KL gets no gradient (TDPO2's
             sg(KL_w), Zeng et al. Eq. 18): their KL backward map is then not computed, and a
@@ -369,7 +376,56 @@ def batch_statistics(
     """
     if not fast:
         return model_statistics(model, batch, reference_model, average_log_prob)
+    plan = statistics_plan(
+        model,
+        batch,
+        reference_model=reference_model,
+        chunk_size=chunk_size,
+        kl_grad=kl_grad,
+        share_prompt=share_prompt,
+        differentiable=differentiable,
+        numpy_head=not differentiable,
+    )
+    if plan is None:
+        return model_statistics(model, batch, reference_model, average_log_prob)
+    hidden = plan.run_body(plan.pol.body, plan.inputs)
+    ref_hidden = reference_hidden(plan, model, reference_model)
+    tok, ref_tok, kl, member = head_statistics(
+        plan.pol, plan.ref, hidden, ref_hidden, plan.targets, plan.groups, differentiable
+    )
+    return sequence_statistics(tok, ref_tok, kl, member, plan.mask, average_log_prob)
 
+
+class StatisticsPlan(NamedTuple):
+    """How :func:`batch_statistics` computes a batch: head plans, body inputs and the chunks."""
+
+    pol: HeadPlan
+    ref: HeadPlan
+    inputs: object  # (N, T) input ids, or a SharedLayout
+    targets: mx.array  # (N, T) int
+    mask: mx.array  # (N, T) bool, the scored positions
+    run_body: object  # (body, inputs) -> (N, T, D) final hidden states
+    groups: list  # _chunk_plan's chunk groups
+
+
+def statistics_plan(
+    model,
+    batch,
+    *,
+    reference_model=None,
+    chunk_size=None,
+    kl_grad="all",
+    share_prompt=True,
+    differentiable=True,
+    numpy_head=False,
+) -> StatisticsPlan | None:
+    """The fast path's plan for ``batch`` (arguments as :func:`batch_statistics`), or None
+    (with a one-time warning) for models without a verified head plan. ``numpy_head``: the
+    chunks are for :mod:`tdpo_mlx.cpu_head` where it applies (its default chunk size).
+
+    Raises:
+        ValueError: for a bad ``kl_grad`` or ``chunk_size``.
+    """
     pol = verified_plan(model)
     if reference_model is not None:
         ref = verified_plan(reference_model)
@@ -380,22 +436,20 @@ def batch_statistics(
         key = type(model).__module__
         if key not in _WARNED:
             _WARNED.add(key)
-
             warnings.warn(
                 f"tdpo_mlx: no fast LM-head path for {key}; using the full-logits statistics",
-                stacklevel=2,
+                stacklevel=3,
             )
-        return model_statistics(model, batch, reference_model, average_log_prob)
-
+        return None
     if kl_grad not in ("all", "rejected"):
         raise ValueError(f"kl_grad must be 'all' or 'rejected', got {kl_grad!r}")
-    c = int(chunk_size or default_chunk_size(pol.vocab))
+    numpy_head = numpy_head and NUMPY_HEAD["on"] and cpu_head.head_weight(pol) is not None
+    c = int(chunk_size or (cpu_head.default_chunk_size if numpy_head else default_chunk_size)(pol.vocab))
     if c < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     layout = shared_layout(batch) if share_prompt and _can_share(model, reference_model, pol, ref) else None
     if layout is not None:
-        inputs, targets, mask = layout, layout.targets, layout.mask
-        run_body = shared_hidden
+        inputs, targets, mask, run_body = layout, layout.targets, layout.mask, shared_hidden
     else:
         inputs, targets, mask = batch.input_ids[:, :-1], batch.targets, batch.target_mask
         run_body = _call_body
@@ -403,24 +457,16 @@ def batch_statistics(
     # map is either needed or not
     n = mask.shape[0]
     split = batch.n_pairs if kl_grad == "rejected" and differentiable else n
-    groups = _chunk_plan(mask, c, split)
+    return StatisticsPlan(pol, ref, inputs, targets, mask, run_body, _chunk_plan(mask, c, split))
 
-    hidden = run_body(pol.body, inputs)
+
+def reference_hidden(plan: StatisticsPlan, model, reference_model=None) -> mx.array:
+    """(N, T, D) final hidden states of the reference: ``reference_model``, or ``model`` with
+    its adapters off; under stop_gradient."""
     if reference_model is not None:
-        ref_hidden = run_body(ref.body, inputs)
-    else:
-        with adapters_disabled(model):
-            ref_hidden = run_body(ref.body, inputs)
-    tok, ref_tok, kl, rows_mx = head_statistics(pol, ref, hidden, ref_hidden, targets, groups, differentiable)
-
-    n_tok = mx.sum(mask.astype(mx.float32), axis=-1)
-    logps = rows_mx @ tok
-    ref_logps = mx.stop_gradient(rows_mx @ ref_tok)
-    seq_kl = rows_mx @ kl
-    if average_log_prob:
-        d = mx.maximum(n_tok, 1.0)
-        logps, ref_logps, seq_kl = logps / d, ref_logps / d, seq_kl / d
-    return SequenceStatistics(logps, ref_logps, logps - ref_logps, seq_kl, n_tok)
+        return mx.stop_gradient(plan.run_body(plan.ref.body, plan.inputs))
+    with adapters_disabled(model):
+        return mx.stop_gradient(plan.run_body(plan.ref.body, plan.inputs))
 
 
 def _call_body(body, inputs):

@@ -58,6 +58,18 @@ def adapters_disabled(model: nn.Module):
         model.update_modules(tree_unflatten(wrappers))
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Temporarily put ``model`` in eval mode (no dropout), restoring its training flag on exit:
+    for one-time numeric checks that compare two forward passes."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 # --------------------------------------------------------------------------------------------
 # Loading a policy: base model (optionally quantized, QLoRA) + mlx-lm LoRA/DoRA adapters.
 # --------------------------------------------------------------------------------------------

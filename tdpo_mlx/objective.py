@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
 
+from . import cpu_step
 from .fast_stats import batch_statistics
 from .losses import pair_metrics, preference_loss
 from .stats import split_pairs
@@ -45,6 +46,7 @@ def batch_loss(
     total_pairs=None,
     differentiable=True,
     share_prompt=True,
+    statistics=None,
 ):
     """Training objective of one (micro-)batch.
 
@@ -57,26 +59,35 @@ def batch_loss(
             micro-batch gradients gives the gradient of the mean over all pairs.
         differentiable: False for evaluation (no gradient will be taken).
         share_prompt: compute each pair's prompt once (:mod:`tdpo_mlx.shared_prompt`).
+        statistics: the batch's :class:`~tdpo_mlx.stats.SequenceStatistics` when already
+            computed (:mod:`tdpo_mlx.cpu_step`); by default computed here.
 
     Returns:
         ``(loss, sums)``: loss a scalar float32 = sum_i loss_i / total_pairs; ``sums`` a dict of
         scalar sums over the B pairs for each key of :data:`METRIC_KEYS` (stop-gradient).
     """
-    stats = batch_statistics(
-        model,
-        batch,
-        reference_model=reference_model,
-        average_log_prob=average_log_prob,
-        differentiable=differentiable,
-        kl_grad="rejected" if loss_type == "tdpo2" else "all",  # TDPO2: sg(KL_w), no map needed
-        share_prompt=share_prompt,
-    )
-    chosen, rejected = split_pairs(stats)
+    if statistics is None:
+        statistics = batch_statistics(
+            model,
+            batch,
+            reference_model=reference_model,
+            average_log_prob=average_log_prob,
+            differentiable=differentiable,
+            kl_grad=kl_grad_of(loss_type),
+            share_prompt=share_prompt,
+        )
+    chosen, rejected = split_pairs(statistics)
     out = preference_loss(chosen, rejected, loss_type, beta, alpha)
     per_pair = pair_metrics(chosen, rejected, out)
     sums = {k: mx.stop_gradient(mx.sum(v)) for k, v in per_pair.items()}
     n = float(total_pairs if total_pairs is not None else batch.n_pairs)
     return mx.sum(out.losses) / n, sums
+
+
+def kl_grad_of(loss_type: str) -> str:
+    """Which rows' KL gets a gradient: TDPO2 stops it on the chosen rows (sg(KL_w), Zeng et al.
+    Eq. 18), so their map through the head is not computed."""
+    return "rejected" if loss_type == "tdpo2" else "all"
 
 
 @dataclass
@@ -124,13 +135,13 @@ def accumulate_gradients(model, batches, total_pairs=None, **loss_kw) -> StepRes
     if total == 0:
         raise ValueError("accumulate_gradients needs at least one pair")
 
-    def fn(b):
-        return batch_loss(model, b, total_pairs=total, **loss_kw)
+    def fn(b, statistics=None):
+        return batch_loss(model, b, total_pairs=total, statistics=statistics, **loss_kw)
 
-    value_and_grad = nn.value_and_grad(model, fn)
+    traced = nn.value_and_grad(model, fn)
     grads, loss, sums, tokens = None, 0.0, {}, 0
     for b in batches:
-        (part_loss, s), g = value_and_grad(b)
+        (part_loss, s), g = _cpu_value_and_grad(model, b, fn, loss_kw) or traced(b)
         grads = g if grads is None else tree_map(mx.add, grads, g)
         mx.eval(grads, part_loss, s)
         loss += part_loss.item()
@@ -138,6 +149,20 @@ def accumulate_gradients(model, batches, total_pairs=None, **loss_kw) -> StepRes
             sums[k] = sums.get(k, 0.0) + v.item()
         tokens += b.n_tokens
     return StepResult(loss, grads, sums, sum(b.n_pairs for b in batches), tokens)
+
+
+def _cpu_value_and_grad(model, batch, fn, loss_kw):
+    """:func:`tdpo_mlx.cpu_step.value_and_grad` of ``fn`` on ``batch`` (None where it does not
+    apply)."""
+    return cpu_step.value_and_grad(
+        model,
+        batch,
+        lambda stats: fn(batch, stats),
+        reference_model=loss_kw.get("reference_model"),
+        average_log_prob=loss_kw.get("average_log_prob", False),
+        kl_grad=kl_grad_of(loss_kw.get("loss_type", "tdpo2")),
+        share_prompt=loss_kw.get("share_prompt", True),
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import numpy as np
 from mlx_lm.models.cache import BatchKVCache, KVCache, RotatingKVCache
 
 from .data.batches import EncodedPair, make_batch
+from .models import eval_mode
 
 
 class _PrefixCache(BatchKVCache):
@@ -168,9 +169,10 @@ def prompt_sharing_ok(model, body) -> bool:
     batch = make_batch([EncodedPair(x[:4], x[4:7], x[7:9]), EncodedPair(x[:2], x[9:11], x[3:4])])
     layout = shared_layout(batch)
     try:
-        # the scored positions, row by row in order, in each layout
-        shared = np.array(shared_hidden(body, layout))[np.array(layout.mask)]
-        full = np.array(body(batch.input_ids[:, :-1]))[np.array(batch.target_mask)]
+        # the scored positions, row by row in order, in each layout (no dropout)
+        with eval_mode(model):
+            shared = np.array(shared_hidden(body, layout))[np.array(layout.mask)]
+            full = np.array(body(batch.input_ids[:, :-1]))[np.array(batch.target_mask)]
         diff = float(np.abs(shared - full).max())
         scale = max(1.0, float(np.abs(full).max()))
     except (RuntimeError, ValueError, TypeError) as e:
