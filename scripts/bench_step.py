@@ -66,6 +66,11 @@ def parse_args(argv=None):
         "computed for chosen and again for rejected, as before prompt sharing)",
     )
     p.add_argument(
+        "--mlx-activations",
+        action="store_true",
+        help="keep mlx-lm's MLP activations (the trainer's loader switches them to tdpo_mlx.cpu_activations on the CPU)",
+    )
+    p.add_argument(
         "--mlx-head",
         action="store_true",
         help="also time the fast path traced by nn.value_and_grad with MLX's LM-head/KL kernel (the Metal/CUDA "
@@ -120,6 +125,8 @@ def load_model(args):
     import mlx.core as mx
     from mlx.utils import tree_map
 
+    from tdpo_mlx import cpu_activations
+
     if args.tiny:
         model = tiny_model(args.seed)
         name = "tiny-gemma3 (random)"
@@ -132,6 +139,8 @@ def load_model(args):
         model, _ = load(path)
         name = f"{args.model} ({path})"
     dtype = backend.default_compute_dtype()
+    if not args.mlx_activations:
+        cpu_activations.install(model)  # as the trainer's loader does on the CPU backend
     model.update(tree_map(lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a, model.parameters()))
     return model, name, dtype
 
@@ -544,7 +553,6 @@ def main(argv=None) -> int:
         result["breakdown"] = breakdown(model, batch, vg["fast"], opt, args)
 
     def step(kind):
-        cpu_head.WORKSPACE_PEAK["bytes"] = 0
         mx.set_cache_limit(default_cache if kind == "before" else cache)
         mx.clear_cache()
         mx.reset_peak_memory()
@@ -553,7 +561,7 @@ def main(argv=None) -> int:
         opt.update(model, g)
         mx.eval(loss, model.parameters(), opt.state)
         dt, dc = time.perf_counter() - t, time.process_time() - c
-        extra = cpu_head.WORKSPACE_PEAK["bytes"] if kind in ("fast", "rows") else 0  # NumPy's head buffers
+        extra = cpu_head.WORKSPACE.nbytes if kind in ("fast", "rows") else 0  # NumPy's head buffers
         return dt, dc, (mx.get_peak_memory() + extra) / 1e9
 
     times = {k: [] for k in kinds}

@@ -59,25 +59,30 @@ def default_chunk_size(vocab: int) -> int:
     return 1 << (c.bit_length() - 1)
 
 
-#: The most bytes one :class:`Workspace` has held in this process (MLX's peak memory does not
-#: count NumPy's buffers; benchmarks add this).
-WORKSPACE_PEAK = {"bytes": 0}
-
-
 class Workspace:
-    """Reused (rows, V) float32 buffers for one step: NumPy returns large blocks to the OS on
-    free, and refaulting 256 MiB each chunk measured ~0.1 s."""
+    """Reused float32 buffers, kept between steps: NumPy returns large blocks to the OS on
+    free, and the page faults of a fresh (C, V) block showed up as ~11% of a demo run's
+    samples (in the first NumPy op that writes it). A request smaller than a buffer gets a view
+    of its start, so the short last chunk of a group does not reallocate either."""
 
     def __init__(self):
         self._buffers: dict = {}
 
     def get(self, name: str, shape: tuple) -> np.ndarray:
+        size = int(np.prod(shape))
         buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape:
-            buf = self._buffers[name] = np.empty(shape, np.float32)
-            held = sum(b.nbytes for b in self._buffers.values())
-            WORKSPACE_PEAK["bytes"] = max(WORKSPACE_PEAK["bytes"], held)
-        return buf
+        if buf is None or buf.size < size:
+            buf = self._buffers[name] = np.empty(size, np.float32)
+        return buf[:size].reshape(shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (MLX's peak memory does not count them; benchmarks add them)."""
+        return sum(b.nbytes for b in self._buffers.values())
+
+
+#: The process's workspace (the CPU step and evaluation run one at a time).
+WORKSPACE = Workspace()
 
 
 def chunk_terms(w_pol, w_ref, hp, hr, tgt, scale: float, cap: float | None, grad: str, work: Workspace):

@@ -130,7 +130,7 @@ def head_terms(plan, w_pol, w_ref, hidden, ref_hidden):
     targets = plan.targets.astype(mx.int32)
     mx.eval(targets)
     targets = np.asarray(targets).reshape(-1)
-    work = cpu_head.Workspace()
+    work = cpu_head.WORKSPACE
     values, maps = [], []
     for idx, _, c, need_kl in plan.groups:
         grad = "all" if need_kl else "tok"

@@ -280,7 +280,7 @@ def head_statistics(pol: HeadPlan, ref: HeadPlan, hidden, ref_hidden, targets, g
     ref_hidden = mx.stop_gradient(ref_hidden.reshape(n * t, -1))
     flat_targets = targets.reshape(-1)
     trainable = has_trainable(pol.module) and differentiable
-    values = None if differentiable else _numpy_values_chunk(pol, ref, cpu_head.Workspace())
+    values = None if differentiable else _numpy_values_chunk(pol, ref, cpu_head.WORKSPACE)
     outs, rows = [], []
     for idx, row_of, cg, need_kl in groups:
         if trainable:
