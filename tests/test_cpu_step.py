@@ -147,3 +147,16 @@ def test_trainer_uses_it_and_restores_parameters(monkeypatch):
     assert abs(res.loss - ref.loss) < 1e-6
     for k, x in tree_flatten(ref.grads):
         assert _close(dict(tree_flatten(res.grads))[k], x, 2e-5)[0], k
+
+
+def test_numpy_chunk_size_and_workspace_reuse():
+    from tdpo_mlx import cpu_head
+
+    assert cpu_head.default_chunk_size(262144) == 128  # 128 MiB of float32 logits per chunk
+    assert cpu_head.default_chunk_size(49152) == 512
+    assert cpu_head.default_chunk_size(10**9) == 8
+    work = cpu_head.Workspace()
+    big = work.get("y", (4, 10))
+    small = work.get("y", (2, 10))  # a short last chunk: a view of the same buffer
+    assert np.shares_memory(big, small) and small.shape == (2, 10) and work.nbytes == 160
+    assert not np.shares_memory(big, work.get("y", (5, 10))) and work.nbytes == 200
