@@ -18,41 +18,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import re
 import sys
 from pathlib import Path
 
 from tdpo_mlx.atomic import write_jsonl
-
-_TURN = re.compile(r"\n\n(Human|Assistant):")
-_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
-def hh_to_messages(text: str) -> list[dict] | None:
-    """Messages ``[{"role": "user"|"assistant", "content": str}, ...]`` of one HH text (contents
-    stripped of surrounding whitespace), or None when it is not alternating turns that start
-    with a user turn and end with an assistant one."""
-    parts = _TURN.split(text)
-    if parts[0].strip() or len(parts) < 5:
-        return None
-    roles = [_ROLES[r] for r in parts[1::2]]
-    if roles[-1] != "assistant" or any(a == b for a, b in zip(roles, roles[1:])) or roles[0] != "user":
-        return None
-    return [{"role": r, "content": c.strip()} for r, c in zip(roles, parts[2::2])]
-
-
-def convert(rows, limit: int | None = None) -> tuple[list[dict], int]:
-    """(records, skipped) for HH rows ``{"chosen": str, "rejected": str}``."""
-    out, skipped = [], 0
-    for row in rows:
-        if limit is not None and len(out) >= limit:
-            break
-        chosen, rejected = hh_to_messages(row["chosen"]), hh_to_messages(row["rejected"])
-        if chosen is None or rejected is None:
-            skipped += 1
-            continue
-        out.append({"chosen": chosen, "rejected": rejected})
-    return out, skipped
+from tdpo_mlx.data.hh import hh_chat_records as convert
+from tdpo_mlx.data.hh import hh_to_messages  # noqa: F401  (the script's API: tests import it from here)
 
 
 def main(argv=None) -> int:

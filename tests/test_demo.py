@@ -7,6 +7,7 @@ import pathlib
 
 import pytest
 from support.models import make_review_model_dir
+from transformers import AutoTokenizer
 
 import tdpo_mlx  # noqa: F401
 from tdpo_mlx.demo import config, curves, hh, plots, report, table1
@@ -343,7 +344,16 @@ def test_tiny_end_to_end_and_resume(tmp_path, capsys):
         demo.run_demo(out, dataclasses.replace(cfg, samples_per_prompt=4), progress=False, reward_fn=length)
 
 
-def test_tiny_hh_end_to_end(tmp_path, capsys):
+@pytest.mark.parametrize("chat", [True, False])
+def test_tiny_hh_end_to_end(tmp_path, capsys, chat):
+    """The HH experiment on a tiny model; ``chat``: the dialogues as messages in the model's
+    chat template (the default), else the raw HH text."""
+    from support.chat_tokenizers import GEMMA_LIKE
+
+    model_dir = _tiny_model(tmp_path)
+    if chat:
+        tok_cfg = model_dir / "tokenizer_config.json"
+        tok_cfg.write_text(json.dumps(dict(json.loads(tok_cfg.read_text()), chat_template=GEMMA_LIKE)))
 
     recs = [
         {
@@ -355,8 +365,9 @@ def test_tiny_hh_end_to_end(tmp_path, capsys):
     data = tmp_path / "hh.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
     cfg = config.HHConfig(
-        model=str(_tiny_model(tmp_path)),
+        model=str(model_dir),
         data=str(data),
+        chat=chat,
         seeds=(0, 1),
         n_train_pairs=6,
         n_heldout_pairs=4,
@@ -379,6 +390,10 @@ def test_tiny_hh_end_to_end(tmp_path, capsys):
     assert res["table"][1]["spread_kind"] == "sd over seeds"
     text = path.read_text()
     assert res["sentence"] in text and "| 60.08 | 4.727 |" in text
-    assert "Against Table 1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Against Table 1" in printed
+    assert ("12 HH pairs as chat messages (0 skipped" in printed) == chat
+    prompt = json.loads((tmp_path / "out" / "hh_pairs.json").read_text())["heldout"][0]["prompt_ids"]
+    assert (GEMMA_LIKE and "<start_of_turn>" in AutoTokenizer.from_pretrained(model_dir).decode(prompt)) == chat
     with pytest.raises(FileNotFoundError, match="--data"):
         hh.run_hh(tmp_path / "out2", dataclasses.replace(cfg, data=str(tmp_path / "missing.jsonl")), progress=False)

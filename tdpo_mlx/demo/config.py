@@ -110,7 +110,9 @@ class HHConfig(_Common):
     """The Anthropic-HH experiment (``tdpo-mlx demo --experiment hh``): preference accuracy on
     held-out pairs and entropy of generated replies, after equal budgets (paper Table 1)."""
 
+    model: str = "smollm2-135m-instruct"  # an instruct model, as the paper's HH runs tune an SFT model
     data: str = HH_DATA
+    chat: bool = True  # the HH dialogues as messages in the model's chat template (tdpo_mlx.data.hh)
     n_train_pairs: int = 480
     n_heldout_pairs: int = 96
     n_eval_prompts: int = 48

@@ -24,6 +24,8 @@ import numpy as np
 from ..atomic import write_json, write_text
 from ..checkpoint import load_adapter_weights
 from ..data import load_preference_data, make_batch, pad_id
+from ..data.hh import hh_chat_records
+from ..data.sources import read_rows
 from ..errors import NotFoundError, UserError
 from ..evaluation import sample_statistics
 from ..fast_stats import batch_statistics
@@ -65,8 +67,12 @@ def stage_data(out: pathlib.Path, cfg: HHConfig, tok) -> tuple[list, list]:
                 f"--data: {cfg.data} not found; pass the HH-RLHF pairs file (e.g. "
                 "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz)"
             )
+        data = cfg.data
+        if cfg.chat:  # the turns as messages, framed by the model's own chat template
+            data, skipped = hh_chat_records(read_rows(cfg.data).rows)
+            say(f"  {len(data)} HH pairs as chat messages ({skipped} skipped: not alternating turns)")
         pairs, summary = load_preference_data(
-            cfg.data, tokenizer=tok, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length
+            data, tokenizer=tok, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length
         )
         need = cfg.n_train_pairs + cfg.n_heldout_pairs
         if len(pairs) < need:
