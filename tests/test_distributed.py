@@ -143,8 +143,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(model_dir, dist_run,
     # each process runs 2 of the 4 pairs: with the prompt shared, its prompt rows are left-padded
     # to another width than in the single run's batch, so products round differently (~1e-7 in the
     # gradients); Adam turns that into ~1e-5 on weights whose gradient is near zero (1.2e-5
-    # measured; 3.9e-5 on one of 512 weights with the CPU backend's rational-tanh GELU)
-    _same_run(out, tmp_path / "single", atol=6e-5)
+    # measured with MLX's GELU; 6.2e-5 on one of 512 weights with the CPU backend's rational-tanh
+    # GELU, deterministic, and within 3e-5 again with that switch undone)
+    _same_run(out, tmp_path / "single", atol=1e-4)
     assert results[0]["step"] == results[1]["step"] == 3
     assert results[0]["eval_loss"] == pytest.approx(single["eval_loss"], abs=1e-5)
     assert results[1]["eval_loss"] == results[0]["eval_loss"]  # every process holds the reduced metrics
