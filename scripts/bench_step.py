@@ -66,11 +66,6 @@ def parse_args(argv=None):
         "computed for chosen and again for rejected, as before prompt sharing)",
     )
     p.add_argument(
-        "--mlx-activations",
-        action="store_true",
-        help="keep mlx-lm's MLP activations (the trainer's loader switches them to tdpo_mlx.cpu_activations on the CPU)",
-    )
-    p.add_argument(
         "--mlx-head",
         action="store_true",
         help="also time the fast path traced by nn.value_and_grad with MLX's LM-head/KL kernel (the Metal/CUDA "
@@ -125,8 +120,6 @@ def load_model(args):
     import mlx.core as mx
     from mlx.utils import tree_map
 
-    from tdpo_mlx import cpu_activations
-
     if args.tiny:
         model = tiny_model(args.seed)
         name = "tiny-gemma3 (random)"
@@ -139,8 +132,6 @@ def load_model(args):
         model, _ = load(path)
         name = f"{args.model} ({path})"
     dtype = backend.default_compute_dtype()
-    if not args.mlx_activations:
-        cpu_activations.install(model)  # as the trainer's loader does on the CPU backend
     model.update(tree_map(lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a, model.parameters()))
     return model, name, dtype
 

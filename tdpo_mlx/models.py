@@ -18,7 +18,6 @@ from mlx_lm import load as mlx_load
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 from mlx_lm.tuner.utils import linear_to_lora_layers, load_adapters
 
-from . import cpu_activations
 from .backend import default_compute_dtype
 from .checkpoint import ADAPTER_CONFIG, ADAPTER_FILE
 from .config import TrainConfig
@@ -131,7 +130,6 @@ def _load_base(path: str, dtype, quantize):
 
         nn.quantize(model, group_size=QUANT_GROUP_SIZE, bits=bits, class_predicate=predicate)
     mx.eval(model.parameters())
-    cpu_activations.install(model)  # CPU backend only: cheaper GELU/SiLU, same parameters
     if mx.default_device() == mx.cpu and any(isinstance(m, _QUANTIZED) for _, m in model.named_modules()):
         log.warning(
             "the base model is quantized and MLX runs on the CPU: its quantized matmuls are ~40x slower than "
