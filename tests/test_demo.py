@@ -280,6 +280,11 @@ def test_presets_estimates_and_variants():
         assert sum(s for _, s in config.estimate(cfg)) < 600
     for cfg in (config.FULL, config.HH_FULL):
         assert sum(s for _, s in config.estimate(cfg)) < 3600
+    assert config.HH_FULL.model == "smollm2-135m-instruct" and config.HH_FULL.chat
+    gemma = dataclasses.replace(config.HH_FULL, model="gemma3-270m")
+    assert sum(s for _, s in config.estimate(config.HH_FULL)) == pytest.approx(
+        0.6 * sum(s for _, s in config.estimate(gemma))
+    )
 
 
 def _tiny_model(tmp_path):

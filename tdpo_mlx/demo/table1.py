@@ -95,5 +95,5 @@ def hh_sentence(rows: Sequence[dict]) -> str:
         + "; ".join(out)
         + f". Levels (accuracy/entropy): {lv} here, vs the paper's "
         + ", ".join(f"{m} {a:.1f}%/{e:.2f}" for m, (a, e) in PAPER_TABLE1.items() if m in by)
-        + " (a 270M-class model, LoRA and a short budget against full fine-tuning of Pythia-2.8B)."
+        + " (a 135M-270M model, LoRA and a short budget against full fine-tuning of Pythia-2.8B)."
     )
