@@ -51,7 +51,7 @@ from .stats import SequenceStatistics, model_statistics, vocab_sum
 _CHUNK_BYTES = 64 * 2**20  # target size of one (C, V) float32 chunk of logits
 
 
-def _chunk_terms(z, tgt, scale, cap, want_grad, exp):
+def _chunk_terms(z, tgt, scale, cap, want_grad):
     """Per-position statistics from the stacked raw logits of one chunk; what backward needs.
 
     Args:
@@ -76,7 +76,7 @@ def _chunk_terms(z, tgt, scale, cap, want_grad, exp):
     z = z.astype(mx.float32)
     y = post_logits(z, scale, cap)
     m = mx.max(y, axis=-1, keepdims=True)
-    e = exp(y - m)
+    e = mx.exp(y - m)
     s = vocab_sum(e)
     lse = m + mx.log(s)
     idx = mx.concatenate([tgt, tgt])[:, None]
@@ -108,7 +108,7 @@ def _terms_fn(scale, cap, want_grad):
     """:func:`_chunk_terms` for fixed constants, with MLX's own ``exp``."""
 
     def fn(z, tgt):
-        return _chunk_terms(z, tgt, scale, cap, want_grad, mx.exp)
+        return _chunk_terms(z, tgt, scale, cap, want_grad)
 
     return fn
 
@@ -214,7 +214,7 @@ def _trainable_head_chunk(pol: HeadPlan, ref: HeadPlan):
         def inner(params, hp, hr):  # targets are closed over: no VJP w.r.t. indices
             module.update(params)
             z = mx.concatenate([pol.head(hp), mx.stop_gradient(ref.head(hr))])
-            return _chunk_terms(z, tgt, pol.scale, pol.cap, False, mx.exp)
+            return _chunk_terms(z, tgt, pol.scale, pol.cap, False)
 
         return mx.checkpoint(inner)(module.trainable_parameters(), hp, hr)
 
